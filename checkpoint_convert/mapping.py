@@ -347,3 +347,38 @@ def from_megatron_shards(param: Param, shards: Sequence[torch.Tensor], layout: L
     q_rows = a.num_heads // a.num_query_groups * a.head_dim
     parts = [split_qkv(s, groups, q_rows, a.head_dim) for s in shards]
     return {name: _cat([p[j] for p in parts], 0) for j, name in enumerate(param.hf_names)}
+
+
+# A piece of one TP shard and where it lands: (hf_name, index into the HF tensor, index into the shard).
+Region = tuple[str, tuple[slice, ...], tuple[slice, ...]]
+
+
+def shard_regions(param: Param, layout: Layout, tp_rank: int) -> list[Region]:
+    """Where TP rank ``tp_rank``'s shard of ``param`` lands in the full HF tensors.
+
+    The scatter form of :func:`from_megatron_shards`, for writers that each place their own
+    shard (the shared-memory weight sync): every element of the HF tensors is covered by
+    exactly one region of one rank. A replicated tensor is placed by TP rank 0 only; padded
+    vocabulary rows land nowhere.
+    """
+    a, every = layout.arch, slice(None)
+    if param.kind == REPLICATED:
+        return [(param.hf_names[0], (every,), (every,))] if tp_rank == 0 else []
+    if param.kind == VOCAB:
+        per_rank = layout.padded_vocab // layout.tp
+        lo, hi = min(tp_rank * per_rank, a.vocab_size), min((tp_rank + 1) * per_rank, a.vocab_size)
+        return [(param.hf_names[0], (slice(lo, hi),), (slice(0, hi - lo),))] if hi > lo else []
+    if param.kind == COLUMNS:
+        width = layout.shard_shape(param)[1]
+        return [(param.hf_names[0], (every, _rows(tp_rank, width)), (every, every))]
+    if param.kind == FC1:
+        rows = a.ffn_hidden_size // layout.tp
+        return [(name, (_rows(tp_rank, rows),), (_rows(j, rows),)) for j, name in enumerate(param.hf_names)]
+    groups = a.num_query_groups // layout.tp
+    sizes = (a.num_heads // a.num_query_groups * a.head_dim, a.head_dim, a.head_dim)  # q, k, v rows per group
+    regions, start = [], 0
+    for group in range(tp_rank * groups, (tp_rank + 1) * groups):
+        for name, rows in zip(param.hf_names, sizes):
+            regions.append((name, (_rows(group, rows),), (slice(start, start + rows),)))
+            start += rows
+    return regions

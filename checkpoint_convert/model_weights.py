@@ -5,11 +5,14 @@ straight from a HF directory, reading only that rank's rows. :func:`export_hf_we
 weight sync's source: every rank of a model-parallel group walks the whole model in HF order;
 the owning stage all-gathers each parameter over TP and rebuilds the HF tensors, then
 broadcasts them over PP, so every rank sees every full tensor, one parameter at a time, handed
-out in buckets of bounded size.
+out in buckets of bounded size. :func:`weight_sync_source` picks the sync's transport: that
+collective path, or shared memory for CPU ranks on one host (:mod:`checkpoint_convert.shared_memory`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from typing import Iterator, Optional
 
@@ -20,9 +23,11 @@ from checkpoint_convert.checkpoint import unwrap_model
 from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.mapping import Layout, from_megatron_shards, hf_shapes, to_megatron_shard
 from checkpoint_convert.safetensors_io import HFWeights
+from megatron_prorl.config import ConfigError
 from megatron_prorl.models.builder import HFArch, resolve_hf_dir
 
 Bucket = list[tuple[str, torch.Tensor]]
+log = logging.getLogger(__name__)
 
 
 def _layout_here(arch: HFArch) -> Layout:
@@ -61,11 +66,11 @@ def export_hf_weights(model, arch: HFArch, bucket_bytes: int = 1 << 30, dtype: O
     """Yield the full model as buckets of (hf_name, full tensor), on every rank of the MP group.
 
     Collective over the tensor- and pipeline-parallel groups: every rank of both must iterate
-    to the end. A bucket closes once it holds ``bucket_bytes`` (a single larger tensor makes a
-    bucket of its own). Tensors come in ``dtype`` (default: the model's parameter dtype), on
-    the model's device; one may share memory with a live parameter, so consume (copy) each
-    bucket before the parameters change. Padded vocabulary rows are dropped; a tied model has
-    no ``lm_head.weight``.
+    to the end. Buckets hold at most ``bucket_bytes`` (a single larger tensor makes a bucket of
+    its own). Tensors come in ``dtype`` (default: the model's parameter dtype), on the model's
+    device; one may share memory with a live parameter, so consume (copy) each bucket before
+    the parameters change. Padded vocabulary rows are dropped; a tied model has no
+    ``lm_head.weight``.
 
     ``only_first_rank``: the weight sync's mode. Only the model-parallel group's first rank
     (TP 0 of PP stage 0, where the rollout engine lives) receives the tensors: shards are
@@ -82,9 +87,10 @@ def export_hf_weights(model, arch: HFArch, bucket_bytes: int = 1 << 30, dtype: O
     device = next(iter(local.values())).device
     out_dtype = dtype or gpt.config.params_dtype
     shapes = hf_shapes(arch)
+    plan = iter(plan_buckets(tensor_bytes(shapes, out_dtype), bucket_bytes))
     receives = not only_first_rank or (pp_rank == 0 and tp_rank == 0)
     bucket: Bucket = []
-    size = 0
+    names = next(plan)
     for param in layout.params:
         if param.tied_copy:
             continue
@@ -101,12 +107,74 @@ def export_hf_weights(model, arch: HFArch, bucket_bytes: int = 1 << 30, dtype: O
             continue
         for name in param.hf_names:
             bucket.append((name, tensors[name]))
-            size += tensors[name].numel() * tensors[name].element_size()
-            if size >= bucket_bytes:
+            if len(bucket) == len(names):
                 yield bucket
-                bucket, size = [], 0
-    if bucket:
-        yield bucket
+                bucket, names = [], next(plan, None)
+
+
+def plan_buckets(sizes: list[tuple[str, int]], bucket_bytes: int) -> list[list[str]]:
+    """Names, in order, grouped into buckets of at most ``bucket_bytes`` bytes; a larger tensor
+    makes a bucket of its own."""
+    buckets: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for name, nbytes in sizes:
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def tensor_bytes(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> list[tuple[str, int]]:
+    """(name, bytes) of each tensor of ``shapes`` in ``dtype``."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return [(name, math.prod(shape) * itemsize) for name, shape in shapes.items()]
+
+
+class CollectiveExport:
+    """``export_hf_weights(only_first_rank=True)`` as a sync source."""
+
+    def __init__(self, model, arch: HFArch, bucket_bytes: int):
+        self.model, self.arch, self.bucket_bytes = model, arch, bucket_bytes
+
+    def __call__(self) -> Iterator[Bucket]:
+        return export_hf_weights(self.model, self.arch, self.bucket_bytes, only_first_rank=True)
+
+    def close(self) -> None:
+        pass
+
+
+def weight_sync_source(model, arch: HFArch, bucket_bytes: int, transport: str = "auto"):
+    """The sync source the trainer calls after every update: ``source()`` yields the model's
+    buckets on the model-parallel group's first rank (the engine's), nothing on the others
+    (collective: every rank iterates to the end); ``source.close()`` releases it.
+
+    ``transport``: "collective" (TP gather and PP sends; NCCL on GPUs, gloo on CPU),
+    "shared_memory" (CPU ranks of one host write into shared buckets, see
+    :mod:`checkpoint_convert.shared_memory`), or "auto": shared memory for a CPU
+    model-parallel group whose ranks share a host, collective otherwise.
+    """
+    from megatron.core import parallel_state as ps
+
+    from checkpoint_convert.shared_memory import SharedMemoryExport, SharedMemoryUnavailable
+
+    collective = CollectiveExport(model, arch, bucket_bytes)
+    on_cpu = next(unwrap_model(model).parameters()).device.type == "cpu"
+    if transport == "collective" or (transport == "auto" and (not on_cpu or dist.get_world_size(ps.get_model_parallel_group()) == 1)):
+        return collective
+    try:
+        source = SharedMemoryExport(model, arch, bucket_bytes)
+        log.info("weight sync: shared-memory transport (%d buckets)", len(source.plan))
+        return source
+    except SharedMemoryUnavailable as e:
+        if transport == "shared_memory":
+            raise ConfigError(f"rollout.sync_transport=shared_memory: {e}") from None
+        log.warning("weight sync: shared memory unavailable (%s); using the collective transport", e)
+        return collective
 
 
 def _gather_tp(shard: torch.Tensor, tp: int, group, to_first: bool) -> Optional[list[torch.Tensor]]:

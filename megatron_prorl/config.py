@@ -131,6 +131,9 @@ class RolloutConfig:
     sleep_during_training: bool = True
     # Weight-sync bucket size in MB.
     sync_bucket_mb: int = 512
+    # How shards reach the engine rank: "collective" (TP gather, PP send), "shared_memory" (CPU
+    # ranks of one host write into shared buckets), "auto" (shared memory where it can, on CPU).
+    sync_transport: str = "auto"
     # transformers engine: most rows (prompts x n) generated at once; null: all of them.
     engine_max_batch_size: Optional[int] = None
     seed: int = 0
@@ -315,6 +318,7 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
     _choice("optim.lr_schedule", cfg.optim.lr_schedule, ("constant", "warmup_constant"))
     _choice("rollout.engine", r.engine, ("transformers", "tensorrt_llm"))
     _choice("rollout.refresh", r.refresh, ("refit", "rebuild"))
+    _choice("rollout.sync_transport", r.sync_transport, ("auto", "collective", "shared_memory"))
     _choice("rewards.sandbox", cfg.rewards.sandbox, ("auto", "bwrap", "rlimit"))
     for key in ("timeout_s", "code_timeout_s", "code_memory_mb", "code_max_processes"):
         if getattr(cfg.rewards, key) <= 0:

@@ -98,6 +98,7 @@ class Trainer:
         from transformers import AutoTokenizer
 
         from checkpoint_convert import load_hf_weights, load_model_checkpoint
+        from checkpoint_convert.model_weights import weight_sync_source
         from megatron_prorl.rewards import RewardPool
 
         self.cfg = cfg
@@ -148,6 +149,8 @@ class Trainer:
                 cfg.rollout, hf_config=hf_config, hf_dir=str(self.hf_dir), eos_token_ids=[eos],
                 pad_token_id=self.pad_id, device=device, dtype=resolve_dtype(cfg.model))
             self.pool = RewardPool(cfg.rewards)
+        self.sync_source = weight_sync_source(self.actor.policy_module, self.arch, cfg.rollout.sync_bucket_mb << 20,
+                                              cfg.rollout.sync_transport)
         self._sync_weights()
         self.logger = MetricsLogger(self.out, cfg.logging, self.total_steps, enabled=self.rank == 0,
                                     resume_step=self.step)
@@ -305,11 +308,8 @@ class Trainer:
     # ------------------------------------------------------------------ weight sync
     def _sync_weights(self) -> tuple[float, float]:
         """Export the policy (gathered over TP, PP) and stream it into each replica's engine."""
-        from checkpoint_convert import export_hf_weights
-
         t0 = time.perf_counter()
-        buckets = export_hf_weights(self.actor.policy_module, self.arch, self.cfg.rollout.sync_bucket_mb << 20,
-                                    only_first_rank=True)
+        buckets = self.sync_source()
         if self.is_engine_rank:
             moved = self.engine.update_weights(buckets).bytes
         else:
@@ -401,6 +401,7 @@ class Trainer:
 
     def close(self) -> None:
         self.logger.close()
+        self.sync_source.close()
         if self.pool is not None:
             self.pool.close()
         if self.engine is not None:

@@ -1,7 +1,9 @@
 """Weight sync: Megatron shards (TP2 x PP2, after a real update) -> the transformers engine.
 
-After the sync the engine's weights equal the exported HF tensors bit for bit, and the log-probs
-the engine records while sampling equal the trainer's recomputation for the same tokens.
+After the sync the engine's weights equal the exported HF tensors bit for bit, whichever
+transport carried them (the collective gather/send path and the shared-memory one agree, sync
+after sync), and the log-probs the engine records while sampling equal the trainer's
+recomputation for the same tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from megatron_prorl.launch import spawn
 def _sync_after_update(hf_dir: str):
     import torch.distributed as dist
     from checkpoint_convert import export_hf_weights, load_hf_weights
+    from checkpoint_convert.model_weights import weight_sync_source
+    from checkpoint_convert.shared_memory import SharedMemoryExport
     from megatron.core import parallel_state as ps
 
     from megatron_prorl.actor import PolicyActor
@@ -37,32 +41,45 @@ def _sync_after_update(hf_dir: str):
     engine_rank = dist.get_rank(ps.get_model_parallel_group()) == 0
     engine = build_engine("transformers", hf_config=hf_config, eos_token_ids=[1], pad_token_id=0) if engine_rank else None
 
-    # One real update, so the synced weights are not the ones the engine could know.
     g = torch.Generator().manual_seed(0)
-    batch = from_sequences([torch.randint(2, 100, (6,), generator=g).tolist() for _ in range(4)],
-                           [torch.randint(2, 100, (8,), generator=g).tolist() for _ in range(4)],
-                           [1.0, -1.0, 0.5, -0.5])
-    batch.old_logprobs, _ = actor.forward_logprobs(batch)
-    batch.ref_logprobs = batch.old_logprobs
-    metrics = actor.update(batch)
 
-    exported = {}
+    def update():  # a real update, so the synced weights are not the ones the engine could know
+        batch = from_sequences([torch.randint(2, 100, (6,), generator=g).tolist() for _ in range(4)],
+                               [torch.randint(2, 100, (8,), generator=g).tolist() for _ in range(4)],
+                               [1.0, -1.0, 0.5, -0.5])
+        batch.old_logprobs, _ = actor.forward_logprobs(batch)
+        batch.ref_logprobs = batch.old_logprobs
+        return actor.update(batch)
 
-    def recording(buckets):
+    def recording(buckets, into):
         for bucket in buckets:
-            exported.update({n: t.clone() for n, t in bucket})
+            into.update({n: t.clone() for n, t in bucket})
             yield bucket
 
-    # Small buckets (many of them), delivered to the engine rank only, as the trainer syncs.
-    buckets = recording(export_hf_weights(actor.policy_module, arch, 64 << 10, only_first_rank=True))
-    if engine_rank:
-        stats = engine.update_weights(buckets)
-    else:
-        stats = None
-        for _ in buckets:
-            pass
+    def sync(source):  # small buckets (many of them), to the engine rank only, as the trainer syncs
+        exported = {}
+        buckets = recording(source(), exported)
+        if not engine_rank:
+            for _ in buckets:
+                pass
+            return None, exported
+        return engine.update_weights(buckets), exported
+
+    shared = weight_sync_source(actor.policy_module, arch, 64 << 10)  # "auto" picks shared memory here
+    assert isinstance(shared, SharedMemoryExport)
+    agree = []
+    for _ in range(2):  # twice: the second sync reuses the shared slots
+        metrics = update()
+        stats, exported = sync(shared)
+        reference = {}
+        for bucket in export_hf_weights(actor.policy_module, arch, 64 << 10, only_first_rank=True):
+            reference.update({n: t.clone() for n, t in bucket})
+        agree.append(exported.keys() == reference.keys()
+                     and all(torch.equal(exported[n], reference[n]) for n in reference))
+    shared.close()
     out = {"metrics": metrics}
     if engine_rank:
+        out["transports_agree"] = agree
         state = engine.model.state_dict()
         out["bit_equal"] = all(torch.equal(state[n], t) for n, t in exported.items())
         out["names"] = sorted(exported)
@@ -107,6 +124,7 @@ def test_sync_after_tp2_pp2_update_is_exact(hf_dir):
     results = spawn(_sync_after_update, 4, hf_dir)
     engine = results[0]
     assert engine["metrics"]["update_skipped"] == 0
+    assert engine["transports_agree"] == [True, True]
     assert engine["bit_equal"]
     # Every engine parameter came through the sync (the untied lm_head included).
     assert engine["names"] == engine["engine_names"]
