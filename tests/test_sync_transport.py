@@ -90,3 +90,43 @@ def test_without_shared_memory_every_rank_is_told_why(tmp_path):
     missing = str(tmp_path / "no-such-dir")
     results = spawn(_arena, 2, missing)
     assert all("no-such-dir" in r["error"] for r in results), results
+
+
+def _two_replicas():
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from checkpoint_convert.model_weights import export_hf_weights, weight_sync_source
+    from checkpoint_convert.shared_memory import SharedMemoryExport
+    from megatron_prorl.config import ModelConfig, ParallelConfig
+    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.models.builder import build_gpt_model
+
+    parallel = ParallelConfig(tensor_model_parallel_size=2)  # 4 ranks: two TP2 replicas
+    init_distributed(parallel)
+    arch = _arch("qwen2", False)
+    model = build_gpt_model(arch, ModelConfig(), parallel)
+    with torch.no_grad():  # replicas differ, so each must get its own weights
+        for p in model.parameters():
+            p.add_(ps.get_data_parallel_rank())
+
+    def collect(buckets):
+        return {n: t.clone() for bucket in buckets for n, t in bucket}
+
+    source = weight_sync_source(model, arch, 4 << 10)
+    shared = collect(source())
+    reference = collect(export_hf_weights(model, arch, 4 << 10, only_first_rank=True))
+    source.close()
+    out = {"shared_memory": isinstance(source, SharedMemoryExport), "tensors": len(shared),
+           "equal": shared.keys() == reference.keys() and all(torch.equal(shared[n], reference[n]) for n in shared),
+           "embed_sum": float(shared["model.embed_tokens.weight"].sum()) if shared else None}
+    shutdown_distributed()
+    return out
+
+
+def test_each_data_parallel_replica_gets_its_own_weights():
+    results = spawn(_two_replicas, 4)
+    assert all(r["shared_memory"] and r["equal"] for r in results), results
+    leads = [r for r in results if r["tensors"]]
+    assert len(leads) == 2 and leads[0]["embed_sum"] != leads[1]["embed_sum"]
+    assert leads[0]["tensors"] == len(M.hf_shapes(_arch("qwen2", False)))
