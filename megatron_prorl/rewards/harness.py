@@ -143,7 +143,8 @@ def _become_init():
     _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
 
 
-def _reap_orphans():
+def reap_orphans():
+    """Collect every exited child without blocking (as a subreaper, orphans too)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -180,7 +181,7 @@ def _run_test(code, test, index, limit_s, cap, channel):
     if status is None:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    _reap_orphans()
+    reap_orphans()
     out = _read_capped("out%d" % index, cap)
     err = _read_capped("err%d" % index, 1 << 16)[-ERROR_TAIL:].decode("utf-8", "replace")
     ret = _read_capped("ret%d" % index, cap)

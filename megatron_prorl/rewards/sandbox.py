@@ -42,6 +42,7 @@ from itertools import count
 from typing import Optional
 
 from megatron_prorl.rewards import cgroup, confine
+from megatron_prorl.rewards.harness import reap_orphans  # stdlib-only: also runs inside the sandbox
 
 log = logging.getLogger(__name__)
 
@@ -332,19 +333,9 @@ def _run(setup: _Setup, argv: list[str], stdin: bytes, limits: Limits) -> RunRes
         if _subreaper:  # orphans of the run re-parented here: kill (without a cgroup) and reap
             if group is None:
                 _kill_children()
-            _reap_zombies()
+            reap_orphans()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _reap_zombies() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 _subreaper = False
