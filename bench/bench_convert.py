@@ -5,13 +5,13 @@ In each round, each in a fresh process: a plain copy of the weight files (read +
 the I/O limit), ``prorl-convert hf-to-megatron --tp 2 --pp 2``, and ``prorl-convert
 megatron-to-hf`` of the result, whose output is then compared with the source bit for bit.
 Rounds repeat (medians reported) because shared machines are noisy.
-Reported per step: wall time (with interpreter start-up), the converter's own time, GB/s,
-the ratio to the copy, and peak memory two ways: the kernel's high-water RSS of the largest
-process of the step (the converter, or a checkpoint-writer worker it forked, which shares its
-pages), and the PSS of the whole process tree sampled every 0.1 s (shared pages counted once).
-The same three steps on a 1 MB model give each step's start-up cost (interpreter, imports,
-helper processes), reported beside the ratios to the copy. Targets: within 3x of the copy;
-peak RSS under 1.5x the model's bytes.
+Reported per step: the command's wall time as a user sees it (interpreter start-up and
+imports included), the converter's own time, GB/s, the ratio of wall times to the copy's, and
+peak memory two ways: the kernel's high-water RSS of the largest process of the step (memory-
+mapped source pages it touched count too), and the PSS of the whole process tree sampled every
+0.1 s (shared pages counted once). The same three steps on a 1 MB model give each step's fixed
+cost (interpreter, imports), reported beside the ratios to the copy. Targets: within 3x of the
+copy; peak RSS under 1.5x the model's bytes.
 
     python bench/bench_convert.py [--workdir /tmp] [--rounds 3]
 """
@@ -52,7 +52,7 @@ SHARD_BYTES = 2 * 10**9
 
 
 # The same commands on a model of ~1 MB measure what does not depend on the model's size:
-# interpreter, torch and Megatron-Core imports, the checkpoint writer's helper processes.
+# interpreter start-up and imports.
 TINY = {**CONFIG, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
         "num_hidden_layers": 4, "vocab_size": 1024}
 
@@ -140,7 +140,7 @@ def measure(command: list[str]) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{stderr}")
         # ru_maxrss (kB): the largest resident set the command or any of its waited-for
-        # children (the checkpoint writer's workers) reached.
+        # children reached.
         rss = int(rss_file.read_text()) * 1024
     return {"wall": wall, "rss": rss, "pss": peak_pss, "stdout": stdout}
 

@@ -8,8 +8,8 @@
 - :func:`hf_to_megatron` / :func:`megatron_to_hf` / :func:`max_logit_diff`: the offline
   conversions behind the ``prorl-convert`` command.
 
-Names resolve on first use: the checkpoint writer's helper processes re-import the main
-module, and the command's start-up should not pay for Megatron-Core there.
+Names resolve on first use: a ``prorl-convert`` conversion imports torch but not
+Megatron-Core, whose import alone would cost it seconds.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
     prorl-convert megatron-to-hf --ckpt DIR --out DIR [--dtype bf16] [--max-shard-size 5GB]
     prorl-convert verify --hf-dir DIR --ckpt DIR [--tolerance 1e-3]
 
-Conversions run in this one process (see checkpoint_convert.convert for why no ranks are
-spawned), print a summary line, and exit 2 with a message naming the file, tensor or field on
+Conversions run in this one process without Megatron-Core (see checkpoint_convert.convert for
+why), print a summary line, and exit 2 with a message naming the file, tensor or field on
 bad input. verify exits 1 when the logits differ by more than the tolerance.
 """
 
@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 from checkpoint_convert.errors import ConversionError
 from megatron_prorl.config import ConfigError
 
-# Kept free of torch: dist_checkpointing's writer starts a helper process that re-imports the
-# main module, and it should not pay for torch (checkpoint.DTYPES holds the same names).
+# Kept free of torch, so that --help and usage errors answer at once (checkpoint.DTYPES holds
+# the same names).
 DTYPE_CHOICES = ("bf16", "fp16", "fp32")
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}

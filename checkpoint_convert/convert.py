@@ -1,19 +1,20 @@
 """Offline conversions, in one process: a HF directory to a Megatron checkpoint, and back.
 
 :func:`hf_to_megatron` writes the checkpoint of every TP x PP rank from a single process. It
-reads each HF tensor once, cuts the shards of all ranks, describes them exactly as each rank's
-``GPTModel.sharded_state_dict()`` would (:mod:`checkpoint_convert.dist_layout`, checked against
-the live model in the tests) and hands them to one ``dist_checkpointing.save``. Spawning TP*PP
-ranks instead would start TP*PP interpreters and random-initialise a model on each only to
-overwrite it, to write the same bytes. dist_checkpointing.save takes the whole state dict at
-once: shards that are plain row ranges of a HF tensor stay memory-mapped from the source files,
-only reshuffled ones (qkv, row-parallel columns, padded vocabulary rows, dtype casts) are
-copied, so memory holds at most the model's bytes once plus the tensor being cut.
+describes each rank's shards exactly as that rank's ``GPTModel.sharded_state_dict()`` would
+(:mod:`checkpoint_convert.dist_layout`, checked against the live model in the tests) and
+writes them as dist_checkpointing's torch_dist files itself. Spawning TP*PP ranks instead
+would start TP*PP interpreters and random-initialise a model on each only to overwrite it, to
+write the same bytes; ``dist_checkpointing.save`` from one process would import all of
+Megatron-Core and start writer processes, seconds of a command that is I/O-bound. Shards are
+cut by the writer threads as they store them: plain row ranges of a HF tensor go to the file
+straight from a memory map of the source, only reshuffled ones (qkv, row-parallel columns,
+padded vocabulary rows, dtype casts) are copied, one at a time.
 
 :func:`megatron_to_hf` builds no model either: it reads the checkpoint's global tensors a few
-decoder layers at a time (dist_checkpointing assembles them from whatever TP x PP wrote them)
-and streams them into safetensors files on a second thread while it reads the next ones, so
-its working set is about twice ``LOAD_BYTES``.
+decoder layers at a time, assembled from whatever TP x PP wrote them, and streams them into
+safetensors files on a second thread while it reads the next ones, so its working set is
+about twice ``LOAD_BYTES``.
 
 Both write into a temporary directory renamed into place at the end (never half-written),
 and return a :class:`Summary` (tensors, bytes, seconds, GB/s).
@@ -21,11 +22,11 @@ and return a :class:`Summary` (tensors, bytes, seconds, GB/s).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,21 +35,20 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
-import torch.distributed as dist
 
 from checkpoint_convert.checkpoint import (HF_DIR, MODEL_DIR, CheckpointMeta, atomic_directory, check_writable,
                                            checkpoint_arch, copy_hf_metadata, dtype_name, parse_dtype, read_meta,
                                            write_meta)
+from checkpoint_convert.dist_layout import (ExtraState, Record, TorchDistReader, extra_state_bytes, layout_entries,
+                                            write_torch_dist)
 from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.mapping import (FC1, VOCAB, Layout, Param, checkpoint_key, checkpoint_keys, fc1_shard_parts,
-                                        from_megatron_shards, hf_shapes, to_megatron_shards)
+                                        from_megatron_shards, hf_shapes, to_megatron_shard)
 from checkpoint_convert.safetensors_io import HFWeights, SafetensorsWriter
-from megatron_prorl import cpu_backend
 from megatron_prorl.models.builder import hf_arch, load_hf_config, resolve_hf_dir
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default
-# megatron_to_hf reads this many bytes of decoder layers per dist_checkpointing.load call: few
-# calls (each re-reads the checkpoint's metadata), a bounded working set.
+# megatron_to_hf reads this many bytes of decoder layers at a time: a bounded working set.
 LOAD_BYTES = 512 << 20
 
 
@@ -65,23 +65,6 @@ class Summary:
                 f"({rate:.2f} GB/s)")
 
 
-@contextlib.contextmanager
-def single_process_group() -> Iterator[None]:
-    """A one-rank gloo group for dist_checkpointing, unless this process already has one."""
-    if dist.is_initialized():
-        if dist.get_world_size() != 1:
-            raise RuntimeError(f"offline conversion runs in one process, but torch.distributed has "
-                               f"{dist.get_world_size()} ranks")
-        yield
-        return
-    cpu_backend.enable()  # dist_checkpointing's writer synchronises CUDA; a no-op on GPUs
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def _progress(total: int, desc: str, show: Optional[bool]):
     from tqdm import tqdm
 
@@ -96,6 +79,29 @@ def _target_dtype(dtype: Optional[str], found: set[torch.dtype], where: str) -> 
     if len(found) != 1:
         raise ConversionError(f"{where}: tensors have mixed dtypes {sorted(map(str, found))}; pass --dtype")
     return next(iter(found))
+
+
+def _records(layout: Layout, read, dtype: torch.dtype) -> list[Record]:
+    """Every record of the checkpoint of ``layout``: the main replica of each rank's entries,
+    each shard cut from the HF tensors (through ``read``) only when the writer asks for it."""
+
+    def cut(param: Param, tp_rank: int, part: int):
+        if param.kind == FC1:  # stored as its gate and up halves
+            return lambda: fc1_shard_parts(param, read, layout, tp_rank)[part]
+        return lambda: to_megatron_shard(param, read, layout, tp_rank)
+
+    records = []
+    for param in layout.params:
+        for tp_rank in range(layout.tp):
+            for entry in layout_entries(param, layout, tp_rank, dtype).values():
+                if isinstance(entry, ExtraState):
+                    if entry.is_main:
+                        records.append(Record(entry.unique_key, None, 0, extra_state_bytes))
+                    continue
+                records += [Record(frag.key, frag, math.prod(frag.local_shape) * dtype.itemsize,
+                                   cut(param, tp_rank, part))
+                            for part, frag in enumerate(entry) if frag.is_main]
+    return records
 
 
 def hf_to_megatron(hf_dir: os.PathLike, out_dir: os.PathLike, tp: int = 1, pp: int = 1,
@@ -115,38 +121,26 @@ def hf_to_megatron(hf_dir: os.PathLike, out_dir: os.PathLike, tp: int = 1, pp: i
 
         def read(name: str, rows: Optional[slice]) -> torch.Tensor:
             # Mapped, not copied: shards that are plain row ranges of a HF tensor go to the
-            # writer straight from the page cache; only reshuffled ones get new memory.
+            # file straight from the page cache; only reshuffled ones get new memory.
             return weights.map(name, rows).to(target)
 
-        from megatron.core import dist_checkpointing
+        records = _records(layout, read, target)
+        total = sum(r.nbytes for r in records)
+        with atomic_directory(out_dir, overwrite) as tmp, _progress(total, "writing", progress) as bar:
+            lock = threading.Lock()
 
-        from checkpoint_convert.dist_layout import is_main, param_entries
+            def written(n: int) -> None:
+                with lock:
+                    bar.update(n)
 
-        with single_process_group(), atomic_directory(out_dir, overwrite) as tmp:
-            state = {}
-            with _progress(nbytes, "reading", progress) as bar:
-                for param in layout.params:
-                    if param.tied_copy:  # a replica of the embedding: not written
-                        continue
-                    if param.kind == FC1:
-                        shards = [fc1_shard_parts(param, read, layout, r) for r in range(tp)]
-                    else:
-                        shards = to_megatron_shards(param, read, layout)
-                    stage = layout.stage(param)
-                    for tp_rank, shard in enumerate(shards):
-                        for name, entry in param_entries(param, layout, tp_rank, shard).items():
-                            if is_main(entry):
-                                state[f"pp{stage}.tp{tp_rank}.{name}"] = entry
-                    bar.update(sum(math.prod(shapes[n]) for n in param.hf_names) * target.itemsize)
             (tmp / MODEL_DIR).mkdir()
-            dist_checkpointing.save(state, str(tmp / MODEL_DIR))
-            del state
+            write_torch_dist(records, tmp / MODEL_DIR, written)
             copy_hf_metadata(src, tmp / HF_DIR)
             write_meta(tmp, CheckpointMeta(tp=tp, pp=pp, dtype=dtype_name(target), family=arch.family))
     return Summary(f"hf-to-megatron (TP{tp} x PP{pp})", len(shapes), nbytes, time.perf_counter() - start)
 
 
-def _plan_reads(layout: Layout, tensors: dict, where: Path) -> list[tuple[Param, str, tuple[int, ...]]]:
+def _plan_reads(layout: Layout, tensors: dict[str, tuple], where: Path) -> list[tuple[Param, str, tuple[int, ...]]]:
     """(param, key, global shape) of every exported parameter, checked against the config."""
     arch, plan = layout.arch, []
     for param in layout.params:
@@ -154,7 +148,7 @@ def _plan_reads(layout: Layout, tensors: dict, where: Path) -> list[tuple[Param,
         if key is None:
             raise ConversionError(f"{where}: no tensor {checkpoint_key(param)!r} (needed for "
                                   f"{param.hf_names[0]!r}); is this a checkpoint of this config?")
-        shape = tuple(tensors[key].global_shape)
+        shape = tensors[key][0]
         expected = layout.shard_shape(param)
         if param.layer is not None:
             expected = (arch.num_layers, *expected)
@@ -167,10 +161,10 @@ def _plan_reads(layout: Layout, tensors: dict, where: Path) -> list[tuple[Param,
     return plan
 
 
-def _load_groups(plan: list, tensors: dict, budget: int = LOAD_BYTES) -> Iterator[list]:
-    """The plan cut into dist_checkpointing.load calls: the tensors outside the decoder layers,
+def _load_groups(plan: list, tensors: dict[str, tuple], budget: int = LOAD_BYTES) -> Iterator[list]:
+    """The plan cut into reads: the tensors outside the decoder layers,
     and runs of whole layers of up to ``budget`` bytes (at least one layer)."""
-    layer_bytes = sum(math.prod(shape[1:]) * tensors[key].dtype.itemsize
+    layer_bytes = sum(math.prod(shape[1:]) * tensors[key][1].itemsize
                       for param, key, shape in plan if param.layer == 0)
     per_load = max(1, budget // max(layer_bytes, 1))
     for _, group in groupby(plan, key=lambda p: None if p[0].layer is None else p[0].layer // per_load):
@@ -200,18 +194,12 @@ def megatron_to_hf(ckpt_dir: os.PathLike, out_dir: os.PathLike, dtype: Optional[
         raise ConversionError(f"{ckpt}: meta.json says family {meta.family!r}, {HF_DIR}/config.json {arch.family!r}")
     layout = Layout(arch)  # checkpoint tensors are global: read them as TP1 x PP1
     model_dir = ckpt / MODEL_DIR
-    if not (model_dir / "metadata.json").is_file():
-        raise ConversionError(f"{model_dir}: not a dist_checkpointing directory (no metadata.json)")
     shapes = hf_shapes(arch)
     check_writable(out_dir, overwrite)
-    from megatron.core import dist_checkpointing
-
-    from checkpoint_convert.dist_layout import read_request
-
-    with single_process_group():
-        tensors = dist_checkpointing.load_tensors_metadata(str(model_dir))
+    with TorchDistReader(model_dir) as reader:
+        tensors = reader.tensors
         plan = _plan_reads(layout, tensors, model_dir)
-        target = _target_dtype(dtype, {tensors[key].dtype for _, key, _ in plan}, str(model_dir))
+        target = _target_dtype(dtype, {tensors[key][1] for _, key, _ in plan}, str(model_dir))
         entries = [(n, shapes[n], target) for param, _, _ in plan for n in param.hf_names]
         with atomic_directory(out_dir, overwrite) as tmp:
             writer = SafetensorsWriter(tmp, entries, max_shard_bytes)
@@ -225,15 +213,9 @@ def megatron_to_hf(ckpt_dir: os.PathLike, out_dir: os.PathLike, dtype: Optional[
                 # Group i is written on a thread while group i+1 is read: two in memory at most.
                 pending = None
                 for group in _load_groups(plan, tensors):
-                    layers = sorted({param.layer for param, _, _ in group})
-                    span = None if layers == [None] else (layers[0], layers[-1] + 1)
-                    requests = {key: read_request(key, shape, tensors[key].dtype, span) for _, key, shape in group}
-                    loaded = dist_checkpointing.load(requests, str(model_dir), validate_access_integrity=False)
                     items = [(name, t.to(target)) for param, key, _ in group
-                             for name, t in from_megatron_shards(
-                                 param, [loaded[key] if span is None else loaded[key][param.layer - span[0]]],
-                                 layout).items()]
-                    del loaded
+                             for name, t in from_megatron_shards(param, [reader.read(key, param.layer)],
+                                                                 layout).items()]
                     if pending is not None:
                         pending.result()
                     pending = pool.submit(write, items)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -77,6 +78,21 @@ def offline_job(hf_dirs: dict[str, str], root: str) -> dict:
     finally:
         mapping.split_qkv = good_split
 
+    # The same checkpoints written by Megatron-Core's own dist_checkpointing.save (from
+    # dist_layout's entries): the files must describe the same tensors, and convert back alike.
+    out["megatron_writer"] = {}
+    for variant, tp, pp in MEGATRON_WRITER_CASES:
+        name = ckpt_name(variant, tp, pp)
+        theirs = Path(root) / "megatron_writer" / name
+        save_with_megatron(hf_dirs[variant], theirs / "model", tp, pp)
+        shutil.copytree(f"{root}/ckpt/{name}/hf", theirs / "hf")
+        shutil.copy(f"{root}/ckpt/{name}/meta.json", theirs / "meta.json")
+        convert.megatron_to_hf(theirs, f"{root}/megatron_writer/back/{name}", progress=False)
+        out["megatron_writer"][name] = torch_dist_differences(Path(f"{root}/ckpt/{name}/model"), theirs / "model")
+    # Negative control: another layout's checkpoint holds the same tensors in other chunks.
+    out["megatron_writer_other_layout"] = torch_dist_differences(
+        Path(f"{root}/ckpt/{ckpt_name('qwen2', 2, 2)}/model"), Path(f"{root}/ckpt/{ckpt_name('qwen2', 4, 2)}/model"))
+
     # A read error halfway through: the output must not exist, nor any temporary directory.
     calls = {"n": 0}
     good_locate = HFWeights._locate  # under both read() and map()
@@ -98,6 +114,68 @@ def offline_job(hf_dirs: dict[str, str], root: str) -> dict:
     out["interrupted_left"] = sorted(p.name for p in Path(f"{root}/interrupted").iterdir()) \
         if Path(f"{root}/interrupted").exists() else []
     return out
+
+
+# Checked against Megatron-Core's writer: untied with qkv bias, and tied at PP2 (a tied copy).
+MEGATRON_WRITER_CASES = (("qwen2", 2, 2), ("llama-tied", 4, 2))
+
+
+def save_with_megatron(hf_dir: str, model_dir: Path, tp: int, pp: int) -> None:
+    """The checkpoint of every rank of TP ``tp`` x PP ``pp``, saved by dist_checkpointing.save."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    from checkpoint_convert.dist_layout import param_entries
+    from checkpoint_convert.mapping import FC1, Layout, fc1_shard_parts, to_megatron_shard
+    from checkpoint_convert.safetensors_io import HFWeights
+    from megatron_prorl import cpu_backend
+    from megatron_prorl.models.builder import hf_arch, load_hf_config
+
+    layout = Layout(hf_arch(load_hf_config(hf_dir)), tp, pp)
+    state = {}
+    with HFWeights(hf_dir) as weights:
+        for param in layout.params:
+            for r in range(tp):
+                cut = fc1_shard_parts if param.kind == FC1 else to_megatron_shard
+                for local, entry in param_entries(param, layout, r, cut(param, weights.read, layout, r)).items():
+                    replica = (entry[0] if isinstance(entry, list) else entry).replica_id
+                    if not any(replica):  # what that rank would write
+                        state[f"pp{layout.stage(param)}.tp{r}.{local}"] = entry
+    cpu_backend.enable()  # dist_checkpointing's writer synchronises CUDA
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model_dir.mkdir(parents=True)
+        dist_checkpointing.save(state, str(model_dir))
+    finally:
+        dist.destroy_process_group()
+
+
+def torch_dist_differences(ours: Path, theirs: Path) -> list[str]:
+    """How two torch_dist checkpoint directories differ: backend, common state, tensors (global
+    shape, dtype, chunk layout, values) and objects; order and file placement aside."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from checkpoint_convert.dist_layout import TorchDistReader
+
+    diffs = []
+    if (ours / "metadata.json").read_text() != (theirs / "metadata.json").read_text():
+        diffs.append("metadata.json")
+    if torch.load(ours / "common.pt") != torch.load(theirs / "common.pt"):
+        diffs.append("common.pt")
+    a, b = (FileSystemReader(str(d)).read_metadata().state_dict_metadata for d in (ours, theirs))
+    diffs += [f"only in one: {k}" for k in sorted(a.keys() ^ b.keys())]
+    with TorchDistReader(ours) as x, TorchDistReader(theirs) as y:
+        for key in sorted(a.keys() & b.keys()):
+            if type(a[key]) is not type(b[key]):
+                diffs.append(f"{key}: {type(a[key]).__name__} vs {type(b[key]).__name__}")
+            elif isinstance(a[key], TensorStorageMetadata):
+                chunks = [sorted((tuple(c.offsets), tuple(c.sizes)) for c in m.chunks) for m in (a[key], b[key])]
+                if (a[key].size, a[key].properties, chunks[0]) != (b[key].size, b[key].properties, chunks[1]):
+                    diffs.append(f"{key}: metadata")
+                elif not torch.equal(x.read(key), y.read(key)):
+                    diffs.append(f"{key}: values")
+    return diffs
 
 
 # ---- distributed ------------------------------------------------------------------------------
