@@ -193,6 +193,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where to put the ~11 GB of files (default: $TMPDIR)")
     parser.add_argument("--rounds", type=int, default=3, help="repeat the three steps; medians are reported")
     args = parser.parse_args()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench_convert_", dir=args.workdir))
     try:
         print(f"writing random weights to {root} ...", flush=True)

@@ -12,7 +12,8 @@ straight from a memory map of the source, only reshuffled ones (qkv, row-paralle
 padded vocabulary rows, dtype casts) are copied, one at a time.
 
 :func:`megatron_to_hf` builds no model either: it reads the checkpoint's global tensors a few
-decoder layers at a time, assembled from whatever TP x PP wrote them, and streams them into
+decoder layers at a time, assembled from whatever TP x PP wrote them (each record read
+straight into its place in one of two reused staging buffers), and streams them into
 safetensors files on a second thread while it reads the next ones, so its working set is
 about twice ``LOAD_BYTES``.
 
@@ -45,6 +46,7 @@ from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.mapping import (FC1, VOCAB, Layout, Param, checkpoint_key, checkpoint_keys, fc1_shard_parts,
                                         from_megatron_shards, hf_shapes, to_megatron_shard)
 from checkpoint_convert.safetensors_io import HFWeights, SafetensorsWriter
+from checkpoint_convert.staging import Staging
 from megatron_prorl.models.builder import hf_arch, load_hf_config, resolve_hf_dir
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default
@@ -210,11 +212,14 @@ def megatron_to_hf(ckpt_dir: os.PathLike, out_dir: os.PathLike, dtype: Optional[
                         writer.write(name, t)
                         bar.update(t.numel() * t.element_size())
 
-                # Group i is written on a thread while group i+1 is read: two in memory at most.
-                pending = None
-                for group in _load_groups(plan, tensors):
-                    items = [(name, t.to(target)) for param, key, _ in group
-                             for name, t in from_megatron_shards(param, [reader.read(key, param.layer)],
+                # Group i is written on a thread while group i+1 is read: two in memory at most,
+                # each read into its own reused staging buffer.
+                staging, pending = (Staging(), Staging()), None
+                for i, group in enumerate(_load_groups(plan, tensors)):
+                    outs = staging[i % 2].tensors([(reader.read_shape(key, param.layer), tensors[key][1])
+                                                   for param, key, _ in group])
+                    items = [(name, t.to(target)) for (param, key, _), out in zip(group, outs)
+                             for name, t in from_megatron_shards(param, [reader.read(key, param.layer, out)],
                                                                  layout).items()]
                     if pending is not None:
                         pending.result()

@@ -28,8 +28,10 @@ import json
 import math
 import os
 import pickle
+import struct
 import threading
 import uuid
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,6 +52,7 @@ BACKEND = {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
            "common_backend": "torch", "common_backend_version": 1}
 # Files (and writer threads) per checkpoint: dist_checkpointing's default for one rank.
 WRITE_THREADS = 2
+_IOV_MAX = 1024  # buffers per preadv call (Linux's IOV_MAX)
 
 
 @dataclass(frozen=True)
@@ -332,45 +335,145 @@ class TorchDistReader:
             os.close(fd)
         self._fds.clear()
 
+    def _fd(self, info) -> int:
+        if info.relative_path not in self._fds:
+            self._fds[info.relative_path] = os.open(self.dir / info.relative_path, os.O_RDONLY)
+        return self._fds[info.relative_path]
+
     def _load_chunk(self, info) -> torch.Tensor:
         if info.transform_descriptors:
             raise ConversionError(f"{self.dir / info.relative_path}: transformed records "
                                   f"({info.transform_descriptors}) are not supported")
-        if info.relative_path not in self._fds:
-            self._fds[info.relative_path] = os.open(self.dir / info.relative_path, os.O_RDONLY)
-        record = _FileSlice(self._fds[info.relative_path], info.offset, info.length)
-        return torch.load(record, map_location="cpu", weights_only=True)
+        return torch.load(_FileSlice(self._fd(info), info.offset, info.length), map_location="cpu",
+                          weights_only=True)
 
-    def read(self, key: str, layer: Optional[int] = None) -> torch.Tensor:
-        """Global tensor ``key``, or its layer ``layer`` (an index into its first axis).
+    def _raw_offset(self, info, shape: tuple[int, ...], dtype: torch.dtype) -> Optional[int]:
+        """Where the chunk's bytes start in its file, if its record is one plain contiguous
+        little-endian tensor of ``shape`` (torch.save stores such a tensor's bytes as they are,
+        uncompressed), so they can be read straight into place; else None (read by torch.load)."""
+        if info.transform_descriptors:
+            return None
+        fd = self._fd(info)
+        try:
+            with zipfile.ZipFile(_FileSlice(fd, info.offset, info.length)) as zf:
+                archive = zf.namelist()[0].split("/")[0]
+                if zf.read(f"{archive}/byteorder") != b"little":
+                    return None
+                key, numel, storage_offset, size, stride = _TensorPickle(
+                    io.BytesIO(zf.read(f"{archive}/data.pkl"))).load()
+                entry = zf.getinfo(f"{archive}/data/{key}")
+        except (zipfile.BadZipFile, KeyError, ValueError, TypeError, pickle.UnpicklingError):
+            return None
+        nbytes = math.prod(shape) * dtype.itemsize
+        if (storage_offset, size, stride, numel) != (0, shape, _contiguous_strides(shape), math.prod(shape)) \
+                or entry.compress_type != zipfile.ZIP_STORED or entry.file_size != nbytes:
+            return None
+        header = os.pread(fd, 30, info.offset + entry.header_offset)  # the entry's local header
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        return info.offset + entry.header_offset + 30 + name_len + extra_len
 
-        A chunk that is the whole tensor asked for is returned as loaded, without a copy.
-        """
+    def _read_chunk(self, info, chunk_shape: tuple[int, ...], src: tuple[slice, ...], dst: torch.Tensor) -> None:
+        """``dst[...] = chunk[src]``: straight from the file into ``dst`` when the whole chunk is
+        wanted and its record is raw; through torch.load otherwise."""
+        whole = all((s.start, s.stop) == (0, n) for s, n in zip(src, chunk_shape))
+        offset = self._raw_offset(info, chunk_shape, dst.dtype) if whole else None
+        buffers = _row_buffers(dst) if offset is not None else None
+        if buffers is None:
+            dst.copy_(self._load_chunk(info)[src])
+            return
+        for start in range(0, len(buffers), _IOV_MAX):
+            batch = buffers[start:start + _IOV_MAX]
+            _preadv_exact(self._fd(info), batch, offset, self.dir / info.relative_path)
+            offset += sum(len(b) for b in batch)
+
+    def read_shape(self, key: str, layer: Optional[int] = None) -> tuple[int, ...]:
+        """The shape :meth:`read` returns."""
+        shape = self.tensors[key][0]
+        return shape if layer is None else shape[1:]
+
+    def read(self, key: str, layer: Optional[int] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Global tensor ``key``, or its layer ``layer`` (an index into its first axis), into
+        ``out`` if given (of :meth:`read_shape` and the tensor's dtype)."""
         shape, dtype = self.tensors[key]
         start, size = (0,) * len(shape), shape
         if layer is not None:
             start, size = (layer, *start[1:]), (1, *shape[1:])
-        out, covered = None, 0
+        if out is None:
+            out = torch.empty(size, dtype=dtype)
+        elif tuple(out.shape) != self.read_shape(key, layer) or out.dtype != dtype:
+            raise ValueError(f"{key}: out is {tuple(out.shape)} {out.dtype}, the read gives "
+                             f"{self.read_shape(key, layer)} {dtype}")
+        else:
+            out = out.unsqueeze(0) if layer is not None else out
+        covered = 0
         for offset, sizes, info in self._chunks[key]:
             # The overlap of the chunk [offset, offset + sizes) with the region [start, start + size).
             lo = [max(o, b) for o, b in zip(offset, start)]
             hi = [min(o + s, b + n) for o, s, b, n in zip(offset, sizes, start, size)]
             if any(h <= low for low, h in zip(lo, hi)):
                 continue
-            chunk = self._load_chunk(info)
-            if offset == start and sizes == size:
-                out, covered = chunk, chunk.numel()
-                break
-            if out is None:
-                out = torch.empty(size, dtype=dtype)
             src = tuple(slice(low - o, h - o) for low, h, o in zip(lo, hi, offset))
             dst = tuple(slice(low - b, h - b) for low, h, b in zip(lo, hi, start))
-            out[dst].copy_(chunk[src])
+            self._read_chunk(info, sizes, src, out[dst])
             covered += math.prod(h - low for low, h in zip(lo, hi))
-        if out is None or covered != out.numel():
+        if covered != out.numel():
             raise ConversionError(f"{self.dir}: the chunks of {key!r} cover {covered} of the {math.prod(size)} "
                                   "elements asked for (an incomplete checkpoint?)")
         return out[0] if layer is not None else out
+
+
+class _TensorPickle(pickle.Unpickler):
+    """A torch.save'd tensor's pickle read without its data: (storage key, storage numel,
+    storage offset, size, stride). Anything else in it is refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda storage, offset, size, stride, *_: (*storage, offset, tuple(size), tuple(stride))
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if module == "torch" and name.endswith("Storage"):
+            return name
+        raise pickle.UnpicklingError(f"unexpected {module}.{name} in a tensor record")
+
+    def persistent_load(self, pid):
+        return pid[2], pid[4]  # ("storage", storage type, key, location, numel)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def _row_buffers(dst: torch.Tensor) -> Optional[list[memoryview]]:
+    """Writable buffers covering ``dst``'s bytes in C order: one if it is contiguous, else one
+    per innermost row (a column block of a larger tensor); None if its rows are not contiguous."""
+    if dst.dim() == 0 or dst.numel() == 0 or dst.stride(-1) != 1:
+        return None
+    as_bytes = dst.view(torch.uint8)
+    if dst.is_contiguous():
+        return [memoryview(as_bytes.numpy()).cast("B")]
+    try:
+        rows = as_bytes.view(-1, as_bytes.shape[-1]).numpy()  # a view, or an error (never a copy)
+    except RuntimeError:
+        return None
+    return [memoryview(row) for row in rows]
+
+
+def _preadv_exact(fd: int, buffers: list[memoryview], offset: int, path: Path) -> None:
+    """Fill ``buffers`` from ``fd`` at ``offset`` (short reads resumed)."""
+    while buffers:
+        n = os.preadv(fd, buffers, offset)
+        if n == 0:
+            raise ConversionError(f"{path}: unexpected end of file at byte {offset}")
+        offset += n
+        while buffers and n >= len(buffers[0]):
+            n -= len(buffers[0])
+            buffers = buffers[1:]
+        if n:
+            buffers = [buffers[0][n:], *buffers[1:]]
 
 
 class _FileSlice(io.RawIOBase):
