@@ -299,9 +299,6 @@ class TorchDistReader:
     """
 
     def __init__(self, directory: os.PathLike):
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
         self.dir = Path(directory)
         try:
             config = json.loads((self.dir / CONFIG_FILE).read_text())
@@ -314,9 +311,9 @@ class TorchDistReader:
                                   "only 'torch_dist' checkpoints are supported")
         if not (self.dir / DCP_METADATA).is_file():
             raise ConversionError(f"{self.dir}: no {DCP_METADATA} (an incomplete checkpoint?)")
-        metadata = FileSystemReader(str(self.dir)).read_metadata()
+        metadata = read_dcp_metadata(self.dir / DCP_METADATA)
         self.tensors = {k: (tuple(m.size), m.properties.dtype) for k, m in metadata.state_dict_metadata.items()
-                        if isinstance(m, TensorStorageMetadata)}
+                        if hasattr(m, "chunks")}  # tensors, not objects (BytesStorageMetadata)
         sizes = {(k, tuple(c.offsets)): tuple(c.sizes) for k, m in metadata.state_dict_metadata.items()
                  if k in self.tensors for c in m.chunks}
         # key -> [(chunk offset, chunk shape, where its record lies)]
@@ -420,6 +417,62 @@ class TorchDistReader:
             raise ConversionError(f"{self.dir}: the chunks of {key!r} cover {covered} of the {math.prod(size)} "
                                   "elements asked for (an incomplete checkpoint?)")
         return out[0] if layer is not None else out
+
+
+def read_dcp_metadata(path: Path):
+    """torch.distributed.checkpoint's ``.metadata``, unpickled onto plain stand-ins of its
+    classes (the attributes TorchDistReader uses): importing that package costs about a second
+    of a conversion's start-up. Anything the stand-ins do not know falls back to the package."""
+    try:
+        with open(path, "rb") as f:
+            return _MetadataPickle(f).load()
+    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, IndexError):
+        from torch.distributed.checkpoint import FileSystemReader
+
+        return FileSystemReader(str(path.parent)).read_metadata()
+
+
+class _Plain:
+    """A torch.distributed.checkpoint object as plain attributes."""
+
+    def __init__(self, *args):  # an enum member, _MEM_FORMAT_ENCODING(value)
+        self.args = args
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+class _PlainTensorProperties(_Plain):
+    def __setstate__(self, state: tuple) -> None:  # (dtype, layout, requires_grad, memory format, pin_memory)
+        self.dtype = state[0]
+
+
+class _PlainStorageInfo(_Plain):
+    transform_descriptors = None  # left out of its pickle when None
+
+
+class _PlainMetadataIndex(_Plain):
+    offset = index = None  # the dataclass's defaults, which an object's pickle may leave out
+
+
+_DCP_STAND_INS = {"TensorProperties": _PlainTensorProperties, "_StorageInfo": _PlainStorageInfo,
+                  "MetadataIndex": _PlainMetadataIndex}
+
+
+@lru_cache(maxsize=None)
+def _stand_in(name: str) -> type:
+    return _DCP_STAND_INS.get(name) or type(name, (_Plain,), {})
+
+
+class _MetadataPickle(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module.startswith("torch.distributed.checkpoint."):
+            return _stand_in(name)
+        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
+            return getattr(torch, name)
+        if (module, name) == ("torch.serialization", "_get_layout"):
+            return torch.serialization._get_layout
+        raise pickle.UnpicklingError(f"unexpected {module}.{name} in checkpoint metadata")
 
 
 class _TensorPickle(pickle.Unpickler):

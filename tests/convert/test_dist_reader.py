@@ -52,3 +52,29 @@ def test_reading_into_a_wrong_buffer_is_refused(offline):
         assert reader.read(key, out=out) is out
         with pytest.raises(ValueError, match="embedding.word_embeddings.weight: out is"):
             reader.read(key, out=torch.empty(shape[0] - 1, shape[1], dtype=dtype))
+
+
+def _described(metadata) -> tuple[dict, dict]:
+    """What TorchDistReader takes from the metadata: tensors with their chunks, and records."""
+    tensors = {k: (tuple(m.size), m.properties.dtype, sorted((tuple(c.offsets), tuple(c.sizes)) for c in m.chunks))
+               for k, m in metadata.state_dict_metadata.items() if hasattr(m, "chunks")}
+    records = {(i.fqn, tuple(i.offset) if i.offset is not None else None):
+               (s.relative_path, s.offset, s.length, s.transform_descriptors)
+               for i, s in metadata.storage_data.items()}
+    return tensors, records
+
+
+@pytest.mark.parametrize("writer", ["ours", "megatron"])
+def test_metadata_read_without_the_package_equals_torch_reader(offline, writer):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from checkpoint_convert.dist_layout import read_dcp_metadata
+
+    root, _ = offline
+    if writer == "ours":
+        directory = root / "ckpt" / ckpt_name("llama-tied", 4, 2) / "model"
+    else:  # written by dist_checkpointing.save (the trainer's path)
+        directory = root / "megatron_writer" / ckpt_name("llama-tied", 4, 2) / "model"
+    light = read_dcp_metadata(directory / ".metadata")
+    assert type(light).__module__ == "checkpoint_convert.dist_layout"  # the stand-ins, not the fallback
+    assert _described(light) == _described(FileSystemReader(str(directory)).read_metadata())
