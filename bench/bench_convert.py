@@ -4,7 +4,8 @@ Random bf16 weights for that exact config (written below) go to disk as sharded 
 In each round, each in a fresh process: a plain copy of the weight files (read + write + fsync:
 the I/O limit), ``prorl-convert hf-to-megatron --tp 2 --pp 2``, and ``prorl-convert
 megatron-to-hf`` of the result, whose output is then compared with the source bit for bit.
-Rounds repeat (medians reported) because shared machines are noisy.
+Rounds repeat (medians reported) because shared machines are noisy; each step starts after a
+sync and a pause, on a quiet disk.
 Reported per step: the command's wall time as a user sees it (interpreter start-up and
 imports included), the converter's own time, GB/s, the ratio of wall times to the copy's, and
 peak memory two ways: the kernel's high-water RSS of the largest process of the step (memory-
@@ -171,14 +172,23 @@ def identical(a: Path, b: Path) -> tuple[bool, int]:
 H2M, M2H = "hf-to-megatron TP2xPP2", "megatron-to-hf"
 
 
+def settle() -> None:
+    """Start a step on a quiet disk: this machine's virtual disk absorbs bursts and then slows
+    down, so a step right after another's gigabytes would pay for them."""
+    os.sync()
+    time.sleep(SETTLE_S)
+
+
 def one_round(model: Path) -> dict[str, dict]:
     """Copy, hf-to-megatron and megatron-to-hf of ``model``/hf, side by side; outputs removed after."""
-    steps = {
-        COPY_STEP: copy_step(model / "hf", model / "copy"),
-        H2M: run_step(["hf-to-megatron", "--hf-dir", str(model / "hf"), "--out", str(model / "ckpt"),
-                       "--tp", "2", "--pp", "2"]),
-        M2H: run_step(["megatron-to-hf", "--ckpt", str(model / "ckpt"), "--out", str(model / "back")]),
-    }
+    steps = {}
+    settle()
+    steps[COPY_STEP] = copy_step(model / "hf", model / "copy")
+    settle()
+    steps[H2M] = run_step(["hf-to-megatron", "--hf-dir", str(model / "hf"), "--out", str(model / "ckpt"),
+                           "--tp", "2", "--pp", "2"])
+    settle()
+    steps[M2H] = run_step(["megatron-to-hf", "--ckpt", str(model / "ckpt"), "--out", str(model / "back")])
     steps[M2H]["identical"] = identical(model / "hf", model / "back")
     for d in ("copy", "ckpt", "back"):
         shutil.rmtree(model / d)
@@ -186,6 +196,7 @@ def one_round(model: Path) -> dict[str, dict]:
 
 
 COPY_STEP = "plain copy (+fsync)"
+SETTLE_S = 5
 
 
 def main() -> None:
