@@ -1,7 +1,7 @@
 """Weight-sync benchmark on CPU: a TP2 x PP2 Megatron policy (~94M parameters, fp32) streamed to
 the transformers engine, next to a plain in-memory copy of the same bytes in the same run.
 
-    python bench/bench_weight_sync.py [--repeats 3] [--bucket-mb 64] [--tp 2 --pp 2]
+    python bench/bench_weight_sync.py [--repeats 3] [--bucket-mb MB] [--tp 2 --pp 2]
 
 Both transports run side by side: "collective" gathers every tensor over TP and sends it over PP
 (gloo), "shared_memory" has every rank write its shards into shared HF-layout buckets (the
@@ -76,11 +76,13 @@ def _run(repeats: int, bucket_mb: int, tp: int, pp: int) -> dict:
 
 
 def main():
+    from megatron_prorl.config import RolloutConfig
     from megatron_prorl.launch import spawn
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--bucket-mb", type=int, default=64)
+    ap.add_argument("--bucket-mb", type=int, default=RolloutConfig.sync_bucket_mb,
+                    help="default: the trainer's (rollout.sync_bucket_mb)")
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--pp", type=int, default=2)
     args = ap.parse_args()
