@@ -100,11 +100,13 @@ def copy_hf_metadata(src: os.PathLike, dst: os.PathLike) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def _is_lead() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+def rank() -> int:
+    """This process's rank (0 outside torch.distributed)."""
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """A barrier over every rank (nothing to wait for outside torch.distributed)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
@@ -125,24 +127,24 @@ def atomic_directory(path: os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """
     path = check_writable(path, overwrite)
     tmp, old = path.parent / f".{path.name}.incomplete", path.parent / f".{path.name}.old"
-    if _is_lead():
+    if rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed run
         tmp.mkdir(parents=True)
-    _barrier()
+    barrier()
     try:
         yield tmp
-        _barrier()
+        barrier()
     except BaseException:
-        if _is_lead():
+        if rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if _is_lead():
+    if rank() == 0:
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             path.rename(old)
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    barrier()
 
 
 def unwrap_model(model):
@@ -160,9 +162,9 @@ def save_sharded_state(state, directory: os.PathLike) -> None:
     """dist_checkpointing save of a sharded state dict into ``directory`` (collective)."""
     from megatron.core import dist_checkpointing
 
-    if _is_lead():
+    if rank() == 0:
         Path(directory).mkdir(parents=True, exist_ok=True)
-    _barrier()
+    barrier()
     dist_checkpointing.save(state, str(directory))
 
 
@@ -185,7 +187,7 @@ def save_model_checkpoint(model, ckpt_dir: os.PathLike, hf_dir: os.PathLike, ove
                           dtype=dtype_name(gpt.config.params_dtype), family=arch.family)
     with atomic_directory(ckpt_dir, overwrite) as tmp:
         save_model_state(gpt, tmp / MODEL_DIR)
-        if _is_lead():
+        if rank() == 0:
             copy_hf_metadata(hf_dir, tmp / HF_DIR)
             write_meta(tmp, meta)
     return meta
@@ -203,7 +205,7 @@ def load_model_checkpoint(model, ckpt_dir: os.PathLike) -> CheckpointMeta:
     ckpt = Path(ckpt_dir)
     meta = read_meta(ckpt)
     here = (parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_pipeline_model_parallel_world_size())
-    if here != (meta.tp, meta.pp) and _is_lead():
+    if here != (meta.tp, meta.pp) and rank() == 0:
         log.info("%s was written at TP%d x PP%d; resharding to TP%d x PP%d", ckpt, meta.tp, meta.pp, *here)
     load_model_state(model, ckpt / MODEL_DIR)
     return meta

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.distributed as dist

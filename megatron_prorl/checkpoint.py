@@ -25,19 +25,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from checkpoint_convert.checkpoint import (CheckpointMeta, atomic_directory, copy_hf_metadata, load_model_state,
-                                           save_model_state, save_sharded_state, write_meta)
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+from checkpoint_convert.checkpoint import (CheckpointMeta, atomic_directory, barrier, copy_hf_metadata,
+                                           load_model_state, rank, save_model_state, save_sharded_state, write_meta)
 
 
 class CheckpointManager:
@@ -62,13 +52,13 @@ class CheckpointManager:
         final = self.root / f"step_{step:08d}"
         with atomic_directory(final, overwrite=True) as tmp:
             write(tmp)
-        if _rank() == 0:
+        if rank() == 0:
             pointer_tmp = self.root / ".latest.tmp"
             pointer_tmp.write_text(final.name + "\n")
             os.replace(pointer_tmp, self.root / "latest")
             for old in sorted(self.root.glob("step_*"))[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-        _barrier()
+        barrier()
         return final
 
 
@@ -96,15 +86,15 @@ def load_actor(actor, ckpt_dir: Path) -> None:
 
 def save_rng(ckpt_dir: Path) -> None:
     path = ckpt_dir / "rng"
-    if _rank() == 0:
+    if rank() == 0:
         path.mkdir(exist_ok=True)
-    _barrier()
+    barrier()
     torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-               path / f"rank_{_rank()}.pt")
+               path / f"rank_{rank()}.pt")
 
 
 def load_rng(ckpt_dir: Path) -> None:
-    state = torch.load(ckpt_dir / "rng" / f"rank_{_rank()}.pt", weights_only=False)
+    state = torch.load(ckpt_dir / "rng" / f"rank_{rank()}.pt", weights_only=False)
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -113,7 +103,7 @@ def load_rng(ckpt_dir: Path) -> None:
 def save_metadata(ckpt_dir: Path, trainer_state: dict, config_yaml: str, hf_dir: Path, meta: CheckpointMeta) -> None:
     """Rank 0: trainer state, config, meta.json and the HF config + tokenizer (so the checkpoint
     converts with ``prorl-convert megatron-to-hf``)."""
-    if _rank() != 0:
+    if rank() != 0:
         return
     (ckpt_dir / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
     (ckpt_dir / "config.yaml").write_text(config_yaml)

@@ -14,7 +14,6 @@ to the rest of its replica, and weight export gathers each replica's shards back
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from pathlib import Path

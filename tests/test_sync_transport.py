@@ -93,7 +93,6 @@ def test_without_shared_memory_every_rank_is_told_why(tmp_path):
 
 
 def _two_replicas():
-    import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     from checkpoint_convert.model_weights import export_hf_weights, weight_sync_source
