@@ -54,7 +54,8 @@ class SharedArena:
             path = os.path.join(shm_dir, f"prorl-sync-{os.getpid()}-{secrets.token_hex(8)}")
             token = secrets.token_bytes(16)
             try:
-                free = os.statvfs(shm_dir).f_bavail * os.statvfs(shm_dir).f_frsize
+                stat = os.statvfs(shm_dir)
+                free = stat.f_bavail * stat.f_frsize
                 if free < total:
                     raise OSError(f"{shm_dir} has {free / 2**20:.0f} MiB free, the sync needs "
                                   f"{total / 2**20:.0f} MiB (docker: --shm-size)")
@@ -88,6 +89,10 @@ class SharedArena:
             if create:
                 os.ftruncate(fd, size)
             self._mmap = mmap.mmap(fd, size)
+        except OSError:
+            if create:  # ours: leave nothing behind
+                os.unlink(path)
+            raise
         finally:
             os.close(fd)
 
