@@ -13,7 +13,6 @@ barrier k+1 only after consuming bucket k, so after barrier k+1 bucket k's slot 
 
 from __future__ import annotations
 
-import math
 import mmap
 import os
 import secrets
@@ -24,12 +23,12 @@ import torch.distributed as dist
 
 from checkpoint_convert.checkpoint import unwrap_model
 from checkpoint_convert.mapping import Layout, canonical_name, hf_shapes, shard_regions
-from checkpoint_convert.model_weights import Bucket, plan_buckets, tensor_bytes
+from checkpoint_convert.model_weights import Bucket, plan_buckets
+from checkpoint_convert.staging import aligned_nbytes, carve
 from megatron_prorl.models.builder import HFArch
 
 SHM_DIR = "/dev/shm"
 _HEADER = 64  # the creator's token, checked by every rank that maps the file; keeps tensors aligned
-_ALIGN = 64
 
 
 class SharedMemoryUnavailable(RuntimeError):
@@ -126,20 +125,16 @@ class SharedMemoryExport:
         pp_rank, tp_rank = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
         dtype = dtype or self.gpt.config.params_dtype
         shapes = hf_shapes(arch)
-        nbytes = {name: _aligned(size) for name, size in tensor_bytes(shapes, dtype)}
+        nbytes = {name: aligned_nbytes(shape, dtype) for name, shape in shapes.items()}
         self.plan = plan_buckets(list(nbytes.items()), bucket_bytes)
         slot_bytes = max(sum(nbytes[n] for n in bucket) for bucket in self.plan)
         self.arena = SharedArena(2 * slot_bytes, self.group)
         # views[slot][hf_name]: the tensor's place in either slot
         self.views: list[dict[str, torch.Tensor]] = [{}, {}]
         for bucket in self.plan:
-            offset = 0
-            for name in bucket:
-                for slot, views in enumerate(self.views):
-                    start = slot * slot_bytes + offset
-                    views[name] = self.arena.buffer[start:start + nbytes[name]].view(dtype)[:math.prod(shapes[name])] \
-                        .view(shapes[name])
-                offset += nbytes[name]
+            for slot, views in enumerate(self.views):
+                views.update(zip(bucket, carve(self.arena.buffer[slot * slot_bytes:],
+                                               [(shapes[n], dtype) for n in bucket])))
         # This rank's writes per bucket: (local parameter name, shard index, hf_name, HF index).
         owner = {n: p for p in layout.params if not p.tied_copy for n in p.hf_names}
         self.writes = [[(layout.local_name(owner[name]), shard_index, name, hf_index)
@@ -164,7 +159,3 @@ class SharedMemoryExport:
     def close(self) -> None:
         self.views = [{}, {}]
         self.arena.close()
-
-
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // _ALIGN) * _ALIGN
