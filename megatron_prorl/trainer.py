@@ -13,6 +13,7 @@ to the rest of its replica, and weight export gathers each replica's shards back
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -53,14 +54,6 @@ def _seed(*parts: int) -> int:
     return h
 
 
-def reduce_stats(stats: dict[str, tuple[float, float]], names: Sequence[str]) -> dict[str, float]:
-    """Sum (sum, count) pairs over all ranks (ranks without data pass zeros) into means."""
-    t = torch.tensor([stats.get(n, (0.0, 0.0)) for n in names], dtype=torch.float64).reshape(-1, 2)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return {n: (s / c if c > 0 else float("nan")) for n, (s, c) in zip(names, t.tolist())}
-
-
 def _all_reduce(values: list[float], op) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     if dist.is_initialized():
@@ -74,6 +67,12 @@ def _all_max(values: list[float]) -> list[float]:
 
 def _all_sum(values: list[float]) -> list[float]:
     return _all_reduce(values, dist.ReduceOp.SUM)
+
+
+def reduce_stats(stats: dict[str, tuple[float, float]], names: Sequence[str]) -> dict[str, float]:
+    """Sum (sum, count) pairs over all ranks (ranks without data pass zeros) into means."""
+    totals = _all_sum([v for n in names for v in stats.get(n, (0.0, 0.0))])
+    return {n: (s / c if c > 0 else float("nan")) for n, s, c in zip(names, totals[::2], totals[1::2])}
 
 
 class _StopFlag:
@@ -345,12 +344,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def trainer_state(self) -> dict:
-        a = self.actor.state
         return {
             "step": self.step, "stage_index": self.stage_index,
-            "actor": {"updates": a.updates, "consecutive_nonfinite": a.consecutive_nonfinite,
-                      "skipped_updates": a.skipped_updates,
-                      "resets": [vars(r) for r in a.resets]},
+            "actor": dataclasses.asdict(self.actor.state),
             "sampler": self.sampler.state_dict(), "reset_trigger": self.trigger.state_dict(),
             "temperature": self.actor.temperature, "kl_beta": self.actor.cfg.algo.kl_beta,
             "validation_history": self.history,
@@ -373,17 +369,14 @@ class Trainer:
         return path
 
     def _load(self, path: Path) -> None:
-        from megatron_prorl.actor import ResetRecord
+        from megatron_prorl.actor import ActorState, ResetRecord
 
         ckpt.load_actor(self.actor, path)
         ckpt.load_rng(path)
         state = ckpt.load_trainer_state(path)
         self.step, self.stage_index = state["step"], state["stage_index"]
         a = state["actor"]
-        self.actor.state.updates = a["updates"]
-        self.actor.state.consecutive_nonfinite = a["consecutive_nonfinite"]
-        self.actor.state.skipped_updates = a["skipped_updates"]
-        self.actor.state.resets = [ResetRecord(**r) for r in a["resets"]]
+        self.actor.state = ActorState(**{**a, "resets": [ResetRecord(**r) for r in a["resets"]]})
         self.sampler.load_state_dict(state["sampler"])
         self.trigger.load_state_dict(state["reset_trigger"])
         self.actor.temperature = state["temperature"]
