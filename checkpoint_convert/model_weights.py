@@ -24,9 +24,10 @@ from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.mapping import Layout, from_megatron_shards, hf_shapes, to_megatron_shard
 from checkpoint_convert.safetensors_io import HFWeights
 from megatron_prorl.config import ConfigError
+from megatron_prorl.rollout.base import Bucket
+from megatron_prorl.rollout.buckets import plan_buckets
 from megatron_prorl.models.builder import HFArch, resolve_hf_dir
 
-Bucket = list[tuple[str, torch.Tensor]]
 log = logging.getLogger(__name__)
 
 
@@ -110,23 +111,6 @@ def export_hf_weights(model, arch: HFArch, bucket_bytes: int = 1 << 30, dtype: O
             if len(bucket) == len(names):
                 yield bucket
                 bucket, names = [], next(plan, None)
-
-
-def plan_buckets(sizes: list[tuple[str, int]], bucket_bytes: int) -> list[list[str]]:
-    """Names, in order, grouped into buckets of at most ``bucket_bytes`` bytes; a larger tensor
-    makes a bucket of its own."""
-    buckets: list[list[str]] = []
-    current: list[str] = []
-    size = 0
-    for name, nbytes in sizes:
-        if current and size + nbytes > bucket_bytes:
-            buckets.append(current)
-            current, size = [], 0
-        current.append(name)
-        size += nbytes
-    if current:
-        buckets.append(current)
-    return buckets
 
 
 def tensor_bytes(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> list[tuple[str, int]]:

@@ -27,6 +27,7 @@ import torch
 
 from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.mapping import hf_shapes, is_ignored_hf_name
+from megatron_prorl.rollout.buckets import plan_buckets
 from megatron_prorl.models.builder import HFArch
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -201,15 +202,8 @@ class SafetensorsWriter:
     def __init__(self, out_dir: os.PathLike, entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
                  max_shard_bytes: int):
         self.dir = Path(out_dir)
-        groups: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
-        size = 0
-        for entry in entries:
-            nbytes = math.prod(entry[1]) * entry[2].itemsize
-            if groups[-1] and nbytes and size + nbytes > max_shard_bytes:
-                groups.append([])
-                size = 0
-            groups[-1].append(entry)
-            size += nbytes
+        sizes = [(i, math.prod(shape) * dtype.itemsize) for i, (_, shape, dtype) in enumerate(entries)]
+        groups = [[entries[i] for i in indices] for indices in plan_buckets(sizes, max_shard_bytes)] or [[]]
         self._plan = [(file, group) for file, group in zip(shard_file_names(len(groups)), groups)]
         self._order = [(file, name, shape, dtype) for file, group in self._plan for name, shape, dtype in group]
         self._next = 0

@@ -22,10 +22,12 @@ import torch
 import torch.distributed as dist
 
 from checkpoint_convert.checkpoint import unwrap_model
-from checkpoint_convert.mapping import Layout, canonical_name, hf_shapes, shard_regions
-from checkpoint_convert.model_weights import Bucket, plan_buckets
+from checkpoint_convert.mapping import canonical_name, hf_shapes, shard_regions
+from checkpoint_convert.model_weights import _layout_here
 from checkpoint_convert.staging import aligned_nbytes, carve
 from megatron_prorl.models.builder import HFArch
+from megatron_prorl.rollout.base import Bucket
+from megatron_prorl.rollout.buckets import plan_buckets
 
 SHM_DIR = "/dev/shm"
 _HEADER = 64  # the creator's token, checked by every rank that maps the file; keeps tensors aligned
@@ -121,7 +123,7 @@ class SharedMemoryExport:
         self.gpt = unwrap_model(model)
         self.group = ps.get_model_parallel_group()
         self.lead = dist.get_rank(self.group) == 0
-        layout = Layout(arch, ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size())
+        layout = _layout_here(arch)
         pp_rank, tp_rank = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
         dtype = dtype or self.gpt.config.params_dtype
         shapes = hf_shapes(arch)

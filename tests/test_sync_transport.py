@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from checkpoint_convert import mapping as M
-from checkpoint_convert.model_weights import plan_buckets
 from megatron_prorl.launch import spawn
 from megatron_prorl.models.builder import hf_arch
+from megatron_prorl.rollout.buckets import plan_buckets
 
 
 def _arch(family: str, tied: bool):

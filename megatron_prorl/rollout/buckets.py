@@ -7,7 +7,7 @@ keeping the number of engine calls small. A tensor larger than a bucket travels 
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Hashable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -22,19 +22,24 @@ def bucket_bytes(bucket: Bucket) -> int:
     return sum(tensor_bytes(t) for _, t in bucket)
 
 
+def plan_buckets(sizes: Sequence[tuple[Hashable, int]], max_bytes: int) -> list[list]:
+    """Names, in order, grouped into buckets of at most ``max_bytes`` bytes (only a single
+    oversized tensor exceeds it; an empty one never opens a bucket). Empty input: no bucket."""
+    buckets: list[list] = []
+    size = 0
+    for name, nbytes in sizes:
+        if not buckets or (nbytes and size + nbytes > max_bytes):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(name)
+        size += nbytes
+    return buckets
+
+
 def iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[Bucket]:
-    """Group consecutive pairs, in order, into lists whose total size stays within ``max_bytes``
-    (only a single oversized tensor exceeds it). Empty input yields no bucket."""
+    """Consecutive (name, tensor) pairs, in order, grouped as :func:`plan_buckets` does."""
     if max_bytes <= 0:
         raise ValueError(f"bucket size {max_bytes} bytes: must be > 0")
-    bucket: Bucket = []
-    size = 0
-    for name, tensor in named_tensors:
-        nbytes = tensor_bytes(tensor)
-        if bucket and size + nbytes > max_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor))
-        size += nbytes
-    if bucket:
-        yield bucket
+    pairs = list(named_tensors)
+    for indices in plan_buckets([(i, tensor_bytes(t)) for i, (_, t) in enumerate(pairs)], max_bytes):
+        yield [pairs[i] for i in indices]
