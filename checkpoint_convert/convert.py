@@ -85,12 +85,13 @@ def _target_dtype(dtype: Optional[str], found: set[torch.dtype], where: str) -> 
 
 def _records(layout: Layout, read, dtype: torch.dtype) -> list[Record]:
     """Every record of the checkpoint of ``layout``: the main replica of each rank's entries,
-    each shard cut from the HF tensors (through ``read``) only when the writer asks for it."""
+    each shard cut from the HF tensors (through ``read``) only when the writer asks for it, and
+    cast to ``dtype`` once cut (casting whole tensors first would cast each rank's rows again)."""
 
     def cut(param: Param, tp_rank: int, part: int):
         if param.kind == FC1:  # stored as its gate and up halves
-            return lambda: fc1_shard_parts(param, read, layout, tp_rank)[part]
-        return lambda: to_megatron_shard(param, read, layout, tp_rank)
+            return lambda: fc1_shard_parts(param, read, layout, tp_rank)[part].to(dtype)
+        return lambda: to_megatron_shard(param, read, layout, tp_rank).to(dtype)
 
     records = []
     for param in layout.params:
@@ -121,12 +122,9 @@ def hf_to_megatron(hf_dir: os.PathLike, out_dir: os.PathLike, tp: int = 1, pp: i
         check_writable(out_dir, overwrite)  # before any work; atomic_directory checks again
         nbytes = sum(math.prod(s) for s in shapes.values()) * target.itemsize
 
-        def read(name: str, rows: Optional[slice]) -> torch.Tensor:
-            # Mapped, not copied: shards that are plain row ranges of a HF tensor go to the
-            # file straight from the page cache; only reshuffled ones get new memory.
-            return weights.map(name, rows).to(target)
-
-        records = _records(layout, read, target)
+        # Mapped, not copied: shards that are plain row ranges of a HF tensor go to the file
+        # straight from the page cache; only reshuffled (or cast) ones get new memory.
+        records = _records(layout, weights.map, target)
         total = sum(r.nbytes for r in records)
         with atomic_directory(out_dir, overwrite) as tmp, _progress(total, "writing", progress) as bar:
             lock = threading.Lock()
