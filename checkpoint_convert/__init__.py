@@ -19,7 +19,7 @@ import importlib
 _EXPORTS = {
     "ConversionError": "errors",
     "Layout": "mapping", "Param": "mapping", "hf_shapes": "mapping", "checkpoint_key": "mapping",
-    "to_megatron_shard": "mapping", "to_megatron_shards": "mapping", "from_megatron_shards": "mapping",
+    "to_megatron_shard": "mapping", "from_megatron_shards": "mapping",
     "HFWeights": "safetensors_io", "SafetensorsWriter": "safetensors_io",
     "load_hf_weights": "model_weights", "export_hf_weights": "model_weights",
     "CheckpointMeta": "checkpoint", "atomic_directory": "checkpoint", "read_meta": "checkpoint",

@@ -308,16 +308,6 @@ def to_megatron_shard(param: Param, read: Reader, layout: Layout, tp_rank: int) 
     return full[:, tp_rank * width:(tp_rank + 1) * width].contiguous()
 
 
-def to_megatron_shards(param: Param, read: Reader, layout: Layout) -> list[torch.Tensor]:
-    """All TP shards of ``param`` (a column-split tensor is read once, not once per rank)."""
-    if param.kind == COLUMNS:
-        full = read(param.hf_names[0], None)
-        return [c.contiguous() for c in full.chunk(layout.tp, dim=1)]
-    if param.kind == REPLICATED:
-        return [read(param.hf_names[0], None)] * layout.tp
-    return [to_megatron_shard(param, read, layout, r) for r in range(layout.tp)]
-
-
 # ---- Megatron -> HF ---------------------------------------------------------------------------
 
 def _cat(tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor:

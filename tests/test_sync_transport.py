@@ -31,7 +31,8 @@ def test_each_rank_scattering_its_shard_rebuilds_every_hf_tensor_exactly_once(fa
     for param in layout.params:
         if param.tied_copy:
             continue
-        shards = M.to_megatron_shards(param, lambda n, rows: hf[n] if rows is None else hf[n][rows], layout)
+        read = lambda n, rows: hf[n] if rows is None else hf[n][rows]  # noqa: E731
+        shards = [M.to_megatron_shard(param, read, layout, r) for r in range(layout.tp)]
         for rank, shard in enumerate(shards):
             for name, hf_index, shard_index in M.shard_regions(param, layout, rank):
                 rebuilt[name][hf_index] = shard[shard_index]

@@ -27,7 +27,7 @@ def reader(tensors):
 
 
 def shards_of(param, layout, tensors):
-    return M.to_megatron_shards(param, reader(tensors), layout)
+    return [M.to_megatron_shard(param, reader(tensors), layout, r) for r in range(layout.tp)]
 
 
 def param_named(layout, name):
