@@ -260,7 +260,7 @@ def export_check(model, arch, hf_dir, bucket_bytes: int = 20_000) -> dict:
         exported, overfull = {}, []
         for bucket in export_hf_weights(model, arch, bucket_bytes=bucket_bytes, dtype=dtype):
             sizes = [t.numel() * t.element_size() for _, t in bucket]
-            if sum(sizes) - sizes[-1] >= bucket_bytes:  # it should have closed before the last tensor
+            if len(sizes) > 1 and sum(sizes) > bucket_bytes:  # only a lone tensor may exceed the bound
                 overfull.append(sum(sizes))
             exported.update((n, t.clone()) for n, t in bucket)
         want = {n: (t.float() if dtype is None else t) for n, t in source.items()}

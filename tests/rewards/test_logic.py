@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import reasoning_gym  # a declared dependency: missing, the module must fail, not skip
 
 from megatron_prorl.rewards import GroundTruthError, score, score_detailed
-
-reasoning_gym = pytest.importorskip("reasoning_gym", reason="reasoning-gym is a declared dependency")
 
 
 def puzzle(task: str, seed: int = 7) -> dict:
