@@ -1,7 +1,7 @@
 """cgroup v1 groups nested under this process's own cgroup: a pids cap (stops fork bombs, also
 for root, whom RLIMIT_NPROC does not limit), a memory cap (touched-memory bombs and tmpfs
-files), a CPU quota (busy threads cannot take more than their share), and killing everything
-inside at once (orphans that escaped their process group included).
+files), and killing everything inside at once (orphans that escaped their process group
+included; the pids cap keeps them from outrunning the kill).
 
 Only v1 hierarchies whose directory we may write are used (root, or a delegated tree). cgroup v2
 is not used: its no-internal-processes rule forbids enabling controllers below a cgroup that
@@ -17,7 +17,9 @@ import time
 from functools import lru_cache
 from typing import Iterable, Optional
 
-CONTROLLERS = ("pids", "memory", "cpu", "freezer")
+# Every group is made in exactly these: a group found by name (remove_matching) has directories
+# in no other controller.
+CONTROLLERS = ("pids", "memory")
 
 
 @lru_cache(maxsize=1)
@@ -77,8 +79,7 @@ class Cgroup:
     def controllers(self) -> tuple[str, ...]:
         return tuple(self.dirs)
 
-    def create(self, pids_max: Optional[int] = None, memory_bytes: Optional[int] = None,
-               cpus: Optional[float] = None) -> "Cgroup":
+    def create(self, pids_max: Optional[int] = None, memory_bytes: Optional[int] = None) -> "Cgroup":
         for d in self.dirs.values():
             os.makedirs(d, exist_ok=True)
         if pids_max is not None and "pids" in self.dirs:
@@ -89,10 +90,6 @@ class Cgroup:
             swap = os.path.join(mem, "memory.memsw.limit_in_bytes")
             if os.path.exists(swap):  # no escape into swap
                 _write(swap, str(memory_bytes))
-        if cpus is not None and "cpu" in self.dirs:
-            cpu = self.dirs["cpu"]
-            _write(os.path.join(cpu, "cpu.cfs_period_us"), "100000")
-            _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(int(cpus * 100000)))
         return self
 
     def procs_files(self) -> list[str]:
@@ -114,24 +111,17 @@ class Cgroup:
         return found
 
     def kill_all(self, timeout_s: float = 5.0) -> None:
-        """SIGKILL every process in the group, frozen first where the freezer allows, so that
-        nothing can fork while being killed."""
-        freezer = self.dirs.get("freezer")
-        state = os.path.join(freezer, "freezer.state") if freezer else None
+        """SIGKILL every process in the group until none is left."""
         deadline = time.monotonic() + timeout_s
         while True:
             pids = self.pids()
             if not pids:
                 return
-            if state:
-                _write(state, "FROZEN")
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            if state:
-                _write(state, "THAWED")  # killed tasks only die once thawed
             if time.monotonic() > deadline:
                 raise TimeoutError(f"cgroup {self.name}: processes {sorted(pids)[:10]} survive SIGKILL")
             time.sleep(0.001)

@@ -283,7 +283,7 @@ def _run(setup: _Setup, argv: list[str], stdin: bytes, limits: Limits) -> RunRes
         if setup.drop_uid:
             os.chown(workdir, NOBODY, NOBODY)
     try:
-        controllers = [c for c in ("pids", "memory") if c in cgroup.writable_controllers()]
+        controllers = cgroup.writable_controllers()
         if controllers:
             group = cgroup.Cgroup(f"{_CGROUP_PREFIX}{os.getpid()}-{next(_serial)}", controllers).create(
                 pids_max=limits.max_procs, memory_bytes=limits.memory_mb << 20)
