@@ -43,6 +43,7 @@ import torch
 from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.mapping import (COLUMNS, FC1, LAYER_PREFIX, LINEAR_MODULES, REPLICATED, VOCAB, Layout, Param,
                                         checkpoint_key)
+from checkpoint_convert.safetensors_io import pread_exact
 
 # The linear module whose `_extra_state` travels with each weight.
 _EXTRA_STATE_OF = {f"{m}.weight": m for m in LINEAR_MODULES}
@@ -52,7 +53,6 @@ BACKEND = {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
            "common_backend": "torch", "common_backend_version": 1}
 # Files (and writer threads) per checkpoint: dist_checkpointing's default for one rank.
 WRITE_THREADS = 2
-_IOV_MAX = 1024  # buffers per preadv call (Linux's IOV_MAX)
 
 
 @dataclass(frozen=True)
@@ -337,12 +337,14 @@ class TorchDistReader:
             self._fds[info.relative_path] = os.open(self.dir / info.relative_path, os.O_RDONLY)
         return self._fds[info.relative_path]
 
+    def _record(self, info) -> "_FileSlice":
+        return _FileSlice(self._fd(info), info.offset, info.length, self.dir / info.relative_path)
+
     def _load_chunk(self, info) -> torch.Tensor:
         if info.transform_descriptors:
             raise ConversionError(f"{self.dir / info.relative_path}: transformed records "
                                   f"({info.transform_descriptors}) are not supported")
-        return torch.load(_FileSlice(self._fd(info), info.offset, info.length), map_location="cpu",
-                          weights_only=True)
+        return torch.load(self._record(info), map_location="cpu", weights_only=True)
 
     def _raw_offset(self, info, shape: tuple[int, ...], dtype: torch.dtype) -> Optional[int]:
         """Where the chunk's bytes start in its file, if its record is one plain contiguous
@@ -352,7 +354,7 @@ class TorchDistReader:
             return None
         fd = self._fd(info)
         try:
-            with zipfile.ZipFile(_FileSlice(fd, info.offset, info.length)) as zf:
+            with zipfile.ZipFile(self._record(info)) as zf:
                 archive = zf.namelist()[0].split("/")[0]
                 if zf.read(f"{archive}/byteorder") != b"little":
                     return None
@@ -378,10 +380,7 @@ class TorchDistReader:
         if buffers is None:
             dst.copy_(self._load_chunk(info)[src])
             return
-        for start in range(0, len(buffers), _IOV_MAX):
-            batch = buffers[start:start + _IOV_MAX]
-            _preadv_exact(self._fd(info), batch, offset, self.dir / info.relative_path)
-            offset += sum(len(b) for b in batch)
+        pread_exact(self._fd(info), buffers, offset, self.dir / info.relative_path)
 
     def read_shape(self, key: str, layer: Optional[int] = None) -> tuple[int, ...]:
         """The shape :meth:`read` returns."""
@@ -515,27 +514,13 @@ def _row_buffers(dst: torch.Tensor) -> Optional[list[memoryview]]:
     return [memoryview(row) for row in rows]
 
 
-def _preadv_exact(fd: int, buffers: list[memoryview], offset: int, path: Path) -> None:
-    """Fill ``buffers`` from ``fd`` at ``offset`` (short reads resumed)."""
-    while buffers:
-        n = os.preadv(fd, buffers, offset)
-        if n == 0:
-            raise ConversionError(f"{path}: unexpected end of file at byte {offset}")
-        offset += n
-        while buffers and n >= len(buffers[0]):
-            n -= len(buffers[0])
-            buffers = buffers[1:]
-        if n:
-            buffers = [buffers[0][n:], *buffers[1:]]
-
-
 class _FileSlice(io.RawIOBase):
     """Bytes [offset, offset + length) of an open file, as a file (torch.load reads the record
     straight into the tensor's memory). Reads at explicit offsets: safe to share the fd."""
 
-    def __init__(self, fd: int, offset: int, length: int):
+    def __init__(self, fd: int, offset: int, length: int, path: Path):
         super().__init__()
-        self._fd, self._start, self._len, self._pos = fd, offset, length, 0
+        self._fd, self._start, self._len, self._pos, self._path = fd, offset, length, 0, path
 
     def readable(self) -> bool:
         return True
@@ -553,11 +538,6 @@ class _FileSlice(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")[: self._len - self._pos]
-        done = 0
-        while done < len(view):
-            n = os.preadv(self._fd, [view[done:]], self._start + self._pos + done)
-            if n == 0:
-                raise ConversionError(f"unexpected end of file at byte {self._start + self._pos + done}")
-            done += n
-        self._pos += done
-        return done
+        pread_exact(self._fd, [view], self._start + self._pos, self._path)
+        self._pos += len(view)
+        return len(view)

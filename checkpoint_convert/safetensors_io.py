@@ -44,6 +44,7 @@ _MAX_HEADER = 100 << 20
 # One write() per 8 MiB: a single write of a large tensor was 3-8x slower on the machines
 # measured (bench/bench_convert.py).
 _WRITE_CHUNK = 8 << 20
+_IOV_MAX = 1024  # buffers per preadv call (Linux's IOV_MAX)
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,23 @@ class HFWeights:
     def _pread(self, path: Path, buf: torch.Tensor, offset: int) -> None:
         if path not in self._fds:
             self._fds[path] = os.open(path, os.O_RDONLY)
-        view, done = memoryview(buf.numpy()), 0
-        while done < len(view):
-            n = os.preadv(self._fds[path], [view[done:]], offset + done)
-            if n == 0:
-                raise ConversionError(f"{path}: unexpected end of file at byte {offset + done}")
-            done += n
+        pread_exact(self._fds[path], [memoryview(buf.numpy())], offset, path)
+
+
+def pread_exact(fd: int, buffers: list[memoryview], offset: int, path: os.PathLike) -> None:
+    """Fill the writable byte ``buffers``, in order, from ``fd`` at ``offset`` (``path`` names
+    it in errors): at most IOV_MAX buffers a call, short reads resumed."""
+    buffers = [b for b in buffers if len(b)]
+    while buffers:
+        n = os.preadv(fd, buffers[:_IOV_MAX], offset)
+        if n == 0:
+            raise ConversionError(f"{path}: unexpected end of file at byte {offset}")
+        offset += n
+        while buffers and n >= len(buffers[0]):
+            n -= len(buffers[0])
+            buffers = buffers[1:]
+        if n:
+            buffers = [buffers[0][n:], *buffers[1:]]
 
 
 def shard_file_names(count: int) -> list[str]:
