@@ -210,14 +210,14 @@ def two_responses(text: str) -> bool:
     return len(answers) == 2 and answers[0] != answers[1]
 
 
-@check("combination:repeat_prompt")
-def repeat_prompt(text: str, prompt_to_repeat: str) -> bool:
-    return text.strip().lower().startswith(prompt_to_repeat.strip().lower())
-
-
 @check("startend:start_checker")
 def start_checker(text: str, starter: str) -> bool:
     return text.strip().lower().startswith(starter.strip().lower())
+
+
+@check("combination:repeat_prompt")
+def repeat_prompt(text: str, prompt_to_repeat: str) -> bool:
+    return start_checker(text, prompt_to_repeat)
 
 
 @check("startend:end_checker")
@@ -287,6 +287,6 @@ def verify_ifeval(answer: str, ground_truth: Any, cfg) -> RewardResult:
             raise GroundTruthError(f"ifeval {instruction_id}: bad kwargs {kwargs!r:.200}: {exc}") from exc
     fraction = sum(followed) / len(followed)
     strict = float(all(followed))
-    reward = strict if getattr(cfg, "ifeval_strict", False) else fraction
+    reward = strict if cfg.ifeval_strict else fraction
     return RewardResult(reward, details={"followed": [[c[0], ok] for c, ok in zip(constraints, followed)],
                                          "fraction": fraction, "all": strict})
