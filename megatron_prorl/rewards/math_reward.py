@@ -58,20 +58,23 @@ def answers_match(gold: list, answer: str) -> tuple[bool, list]:
     return bool(parsed) and bool(verify(gold, parsed, timeout_seconds=_timeout())), parsed
 
 
-def parse_reference(ground_truth: Any, domain: str) -> list:
+def parse_reference(ground_truth: Any) -> list:
+    """A math reference, parsed (a stored solution's last ``\\boxed{...}`` if it has one)."""
     if not isinstance(ground_truth, (str, int, float)) or isinstance(ground_truth, bool):
-        raise GroundTruthError(f"{domain} ground_truth must be a string, got {type(ground_truth).__name__}: "
+        raise GroundTruthError(f"math ground_truth must be a string, got {type(ground_truth).__name__}: "
                                f"{ground_truth!r:.200}")
-    gold = _parse_reference_text(str(ground_truth))
+    text = str(ground_truth)
+    boxed = last_boxed(text)  # some datasets store the reference solution's "\boxed{...}"
+    gold = parse_gold(boxed if boxed is not None else text)
     if not gold:
-        raise GroundTruthError(f"{domain} ground_truth {ground_truth!r:.200} is not parsable by Math-Verify")
+        raise GroundTruthError(f"math ground_truth {ground_truth!r:.200} is not parsable by Math-Verify")
     return gold
 
 
 @lru_cache(maxsize=4096)  # the n responses of a prompt share its reference
-def _parse_reference_text(text: str) -> list:
-    boxed = last_boxed(text)  # some datasets store the reference solution's "\boxed{...}"
-    return parse_answer(boxed if boxed is not None else text)
+def parse_gold(text: str) -> list:
+    """Math-Verify's parse of a reference answer (cached)."""
+    return parse_answer(text)
 
 
 def verify_math(answer: str, ground_truth: Any, cfg) -> RewardResult:
@@ -80,7 +83,7 @@ def verify_math(answer: str, ground_truth: Any, cfg) -> RewardResult:
         return format_failure("no \\boxed{} answer")
     if not boxed.strip():
         return format_failure("empty \\boxed{}")
-    ok, parsed = answers_match(parse_reference(ground_truth, "math"), boxed)
+    ok, parsed = answers_match(parse_reference(ground_truth), boxed)
     if all(isinstance(p, str) for p in parsed):  # Math-Verify kept only the raw string
         return format_failure("unparsable answer", answer=boxed)
     return RewardResult(1.0 if ok else 0.0, details={"answer": boxed})

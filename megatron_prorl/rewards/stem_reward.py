@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from megatron_prorl.rewards.math_reward import answers_match, parse_answer
+from megatron_prorl.rewards.math_reward import answers_match, parse_gold
 from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
 from megatron_prorl.rewards.text import last_boxed
 
@@ -62,7 +62,7 @@ def verify_stem(answer: str, ground_truth: Any, cfg) -> RewardResult:
         return format_failure("no \\boxed{} answer")
     if not boxed.strip():
         return format_failure("empty \\boxed{}")
-    gold = parse_answer(ground_truth)
+    gold = parse_gold(ground_truth)
     if gold:
         ok, _ = answers_match(gold, boxed)
         if ok:
