@@ -26,7 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from megatron_prorl.rewards.result import CodeExecutionDisabled, GroundTruthError, RewardResult, format_failure
+from megatron_prorl.rewards.result import (CodeExecutionDisabled, GroundTruthError, RewardResult, format_failure,
+                                           ground_truth_json)
 from megatron_prorl.rewards.sandbox import Limits, Sandbox
 from megatron_prorl.rewards.text import last_code_block
 
@@ -44,17 +45,8 @@ class Test:
     time_limit_s: Optional[float]
 
 
-def _as_json(value: Any, what: str) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise GroundTruthError(f"code ground_truth {what} is a string but not JSON: {value!r:.200}") from exc
-    return value
-
-
 def parse_tests(ground_truth: Any) -> list[Test]:
-    groups = _as_json(ground_truth, "")
+    groups = ground_truth_json(ground_truth, "code")
     groups = groups if isinstance(groups, list) else [groups]
     tests: list[Test] = []
     for group in groups:

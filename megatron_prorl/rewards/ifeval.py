@@ -21,7 +21,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any, Callable
 
-from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
+from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure, ground_truth_json
 
 CHECKS: dict[str, Callable[..., bool]] = {}
 
@@ -253,11 +253,7 @@ def no_comma(text: str) -> bool:
 
 
 def _constraints(ground_truth: Any) -> list[tuple[str, dict]]:
-    if isinstance(ground_truth, str):
-        try:
-            ground_truth = json.loads(ground_truth)
-        except json.JSONDecodeError as exc:
-            raise GroundTruthError(f"ifeval ground_truth is a string but not JSON: {ground_truth!r:.200}") from exc
+    ground_truth = ground_truth_json(ground_truth, "ifeval")
     if not isinstance(ground_truth, dict) or not isinstance(ground_truth.get("instruction_id_list"), list):
         raise GroundTruthError(f"ifeval ground_truth needs 'instruction_id_list' (list), got {ground_truth!r:.200}")
     ids = ground_truth["instruction_id_list"]

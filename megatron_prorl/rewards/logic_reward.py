@@ -7,12 +7,11 @@ task and process (building a dataset object can be slow).
 
 from __future__ import annotations
 
-import json
 import math
 from functools import lru_cache
 from typing import Any, Callable
 
-from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
+from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure, ground_truth_json
 from megatron_prorl.rewards.text import answer_tag
 
 
@@ -27,11 +26,7 @@ def scorer(task: str) -> Callable[[str, dict], float]:
 
 
 def verify_logic(answer: str, ground_truth: Any, cfg) -> RewardResult:
-    if isinstance(ground_truth, str):
-        try:
-            ground_truth = json.loads(ground_truth)
-        except json.JSONDecodeError as exc:
-            raise GroundTruthError(f"logic ground_truth is a string but not JSON: {ground_truth!r:.200}") from exc
+    ground_truth = ground_truth_json(ground_truth, "logic")
     if not (isinstance(ground_truth, dict) and isinstance(ground_truth.get("task"), str)
             and isinstance(ground_truth.get("entry"), dict)):
         raise GroundTruthError(f"logic ground_truth must be {{'task': str, 'entry': dict}}, got {ground_truth!r:.200}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,3 +43,13 @@ class CodeExecutionDisabled(RuntimeError):
 
 def format_failure(reason: str, **details: Any) -> RewardResult:
     return RewardResult(0.0, reason, details=details)
+
+
+def ground_truth_json(value: Any, domain: str) -> Any:
+    """A structured ground truth given as a JSON string, decoded (anything else as it is)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise GroundTruthError(f"{domain} ground_truth is a string but not JSON: {value!r:.200}") from exc
