@@ -26,13 +26,12 @@ import torch.distributed as dist
 
 from checkpoint_convert.errors import ConversionError
 from megatron_prorl.config import ConfigError
-from megatron_prorl.models.builder import hf_arch, load_hf_config
+from megatron_prorl.models.builder import DTYPES, hf_arch, load_hf_config
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "megatron-prorl", 1
 MODEL_DIR, HF_DIR, META_FILE = "model", "hf", "meta.json"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Weight files stay behind when the rest of a HF directory is copied.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".ckpt")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from checkpoint_convert.errors import ConversionError
 from megatron_prorl.config import ConfigError
 
-# Kept free of torch, so that --help and usage errors answer at once (checkpoint.DTYPES holds
+# Kept free of torch, so that --help and usage errors answer at once (models.builder.DTYPES holds
 # the same names).
 DTYPE_CHOICES = ("bf16", "fp16", "fp32")
 

@@ -22,7 +22,8 @@ from megatron_prorl.config import ConfigError, ModelConfig, ParallelConfig, reso
 # Megatron pads the vocabulary so every TP shard has the same, GEMM-friendly width.
 VOCAB_DIVISIBLE_BY = 128
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Our dtype names (configs, checkpoints, prorl-convert --dtype).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def padded_vocab_size(vocab_size: int, tp: int) -> int:
 def resolve_dtype(model: ModelConfig) -> torch.dtype:
     if model.dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return _DTYPES[model.dtype]
+    return DTYPES[model.dtype]
 
 
 def transformer_config(arch: HFArch, model: ModelConfig, parallel: ParallelConfig):
