@@ -35,9 +35,9 @@ from pathlib import Path
 import psutil
 import torch
 
+from checkpoint_convert.arch import hf_arch
 from checkpoint_convert.mapping import hf_shapes
 from checkpoint_convert.safetensors_io import HFWeights, SafetensorsWriter
-from megatron_prorl.models.builder import hf_arch
 
 # deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B/config.json
 CONFIG = {

@@ -26,13 +26,14 @@ TRANSPORTS = ("collective", "shared_memory")
 
 def _run(repeats: int, bucket_mb: int, tp: int, pp: int) -> dict:
     import torch.distributed as dist
-    from checkpoint_convert.model_weights import weight_sync_source
     from megatron.core import parallel_state as ps
 
+    from checkpoint_convert.arch import hf_arch
     from megatron_prorl.config import ModelConfig, ParallelConfig
     from megatron_prorl.distributed import init_distributed, shutdown_distributed
-    from megatron_prorl.models.builder import build_gpt_model, hf_arch
+    from megatron_prorl.models.builder import build_gpt_model
     from megatron_prorl.rollout import build_engine
+    from megatron_prorl.weight_sync import build_source
 
     parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     init_distributed(parallel)
@@ -40,7 +41,7 @@ def _run(repeats: int, bucket_mb: int, tp: int, pp: int) -> dict:
     model = build_gpt_model(arch, ModelConfig(), parallel)
     engine_rank = dist.get_rank(ps.get_model_parallel_group()) == 0
     engine = build_engine("transformers", hf_config=HF_CONFIG, eos_token_ids=[0]) if engine_rank else None
-    sources = {t: weight_sync_source(model, arch, bucket_mb << 20, t) for t in TRANSPORTS}
+    sources = {t: build_source(model, arch, bucket_mb << 20, t) for t in TRANSPORTS}
     out = {}
 
     def sync(source):

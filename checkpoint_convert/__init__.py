@@ -1,15 +1,17 @@
 """Hugging Face <-> Megatron-Core checkpoint conversion (Qwen2 and Llama decoders).
 
+Usable on its own: nothing here imports megatron_prorl (a test enforces it).
+
+- :mod:`~checkpoint_convert.arch`: the HF architecture (config.json) both sides need.
 - :mod:`~checkpoint_convert.mapping`: the pure name/shape/tensor mapping (HF <-> local spec, TP, PP).
-- :func:`load_hf_weights` / :func:`export_hf_weights`: HF weights into a live model-parallel
-  GPTModel, and out of it in buckets (the weight sync's source).
+- :func:`load_hf_weights`: HF weights into a live model-parallel GPTModel.
 - :func:`save_model_checkpoint` / :func:`load_model_checkpoint`: this project's checkpoint
   directory (dist_checkpointing model/, hf/, meta.json), written atomically.
-- :func:`hf_to_megatron` / :func:`megatron_to_hf` / :func:`max_logit_diff`: the offline
-  conversions behind the ``prorl-convert`` command.
+- :func:`hf_to_megatron` / :func:`megatron_to_hf`: the offline conversions
+  (``python -m checkpoint_convert``; ``prorl-convert`` adds verification).
 
-Names resolve on first use: a ``prorl-convert`` conversion imports torch but not
-Megatron-Core, whose import alone would cost it seconds.
+Names resolve on first use: a conversion imports torch but not Megatron-Core, whose import
+alone would cost it seconds.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ import importlib
 
 _EXPORTS = {
     "ConversionError": "errors",
+    "HFArch": "arch", "hf_arch": "arch", "load_arch": "arch", "padded_vocab_size": "arch",
     "Layout": "mapping", "Param": "mapping", "hf_shapes": "mapping", "checkpoint_key": "mapping",
     "to_megatron_shard": "mapping", "from_megatron_shards": "mapping",
     "HFWeights": "safetensors_io", "SafetensorsWriter": "safetensors_io",
-    "load_hf_weights": "model_weights", "export_hf_weights": "model_weights",
+    "load_hf_weights": "model_weights",
     "CheckpointMeta": "checkpoint", "atomic_directory": "checkpoint", "read_meta": "checkpoint",
     "save_model_state": "checkpoint", "save_model_checkpoint": "checkpoint", "load_model_checkpoint": "checkpoint",
     "save_sharded_state": "checkpoint", "load_model_state": "checkpoint", "copy_hf_metadata": "checkpoint",
-    "write_meta": "checkpoint", "dtype_name": "checkpoint",
+    "write_meta": "checkpoint",
     "hf_to_megatron": "convert", "megatron_to_hf": "convert", "Summary": "convert",
-    "max_logit_diff": "verify",
 }
 __all__ = sorted(_EXPORTS)
 

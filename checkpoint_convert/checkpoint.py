@@ -21,12 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
 import torch.distributed as dist
 
+from checkpoint_convert import dtypes
+from checkpoint_convert.arch import HFArch, load_arch
 from checkpoint_convert.errors import ConversionError
-from megatron_prorl.config import ConfigError
-from megatron_prorl.models.builder import DTYPES, hf_arch, load_hf_config
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +34,6 @@ MODEL_DIR, HF_DIR, META_FILE = "model", "hf", "meta.json"
 # Weight files stay behind when the rest of a HF directory is copied.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".ckpt")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(f"dtype={name!r}: expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    for name, value in DTYPES.items():
-        if value == dtype:
-            return name
-    raise ConversionError(f"dtype {dtype} is not one of {', '.join(DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -81,12 +67,12 @@ def read_meta(ckpt_dir: os.PathLike) -> CheckpointMeta:
         raise ConversionError(f"{path}: missing field {exc}") from None
 
 
-def checkpoint_arch(ckpt_dir: os.PathLike):
+def checkpoint_arch(ckpt_dir: os.PathLike) -> HFArch:
     """The HFArch of a checkpoint, from its hf/config.json."""
     hf = Path(ckpt_dir) / HF_DIR
     if not (hf / "config.json").is_file():
         raise ConversionError(f"{ckpt_dir}: no {HF_DIR}/config.json")
-    return hf_arch(load_hf_config(str(hf)), source=str(hf / "config.json"))
+    return load_arch(hf)
 
 
 def copy_hf_metadata(src: os.PathLike, dst: os.PathLike) -> None:
@@ -180,10 +166,10 @@ def save_model_checkpoint(model, ckpt_dir: os.PathLike, hf_dir: os.PathLike, ove
     from megatron.core import parallel_state
 
     gpt = unwrap_model(model)
-    arch = hf_arch(load_hf_config(str(hf_dir)), source=str(Path(hf_dir) / "config.json"))
+    arch = load_arch(hf_dir)
     meta = CheckpointMeta(tp=parallel_state.get_tensor_model_parallel_world_size(),
                           pp=parallel_state.get_pipeline_model_parallel_world_size(),
-                          dtype=dtype_name(gpt.config.params_dtype), family=arch.family)
+                          dtype=dtypes.name_of(gpt.config.params_dtype), family=arch.family)
     with atomic_directory(ckpt_dir, overwrite) as tmp:
         save_model_state(gpt, tmp / MODEL_DIR)
         if rank() == 0:

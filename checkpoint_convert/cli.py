@@ -1,12 +1,12 @@
-"""prorl-convert: Hugging Face <-> Megatron checkpoint conversion, and its verification.
+"""The converter's command line: Hugging Face <-> Megatron checkpoint conversion.
 
-    prorl-convert hf-to-megatron --hf-dir DIR --out DIR --tp N --pp M [--dtype bf16]
-    prorl-convert megatron-to-hf --ckpt DIR --out DIR [--dtype bf16] [--max-shard-size 5GB]
-    prorl-convert verify --hf-dir DIR --ckpt DIR [--tolerance 1e-3]
+    python -m checkpoint_convert hf-to-megatron --hf-dir DIR --out DIR --tp N --pp M [--dtype bf16]
+    python -m checkpoint_convert megatron-to-hf --ckpt DIR --out DIR [--dtype bf16] [--max-shard-size 5GB]
 
 Conversions run in this one process without Megatron-Core (see checkpoint_convert.convert for
 why), print a summary line, and exit 2 with a message naming the file, tensor or field on
-bad input. verify exits 1 when the logits differ by more than the tolerance.
+bad input. The installed ``prorl-convert`` command (megatron_prorl.convert_cli) is this
+parser plus ``verify``, which runs the Megatron model.
 """
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
+from checkpoint_convert import dtypes
 from checkpoint_convert.errors import ConversionError
-from megatron_prorl.config import ConfigError
-
-# Kept free of torch, so that --help and usage errors answer at once (models.builder.DTYPES holds
-# the same names).
-DTYPE_CHOICES = ("bf16", "fp16", "fp32")
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -36,14 +32,15 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prorl-convert", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m checkpoint_convert"):
+    """The parser and its subcommands' action (callers may add commands)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Hugging Face <-> Megatron checkpoint conversion")
     sub = parser.add_subparsers(dest="command", required=True)
-    dtype = dict(choices=DTYPE_CHOICES, default=None, help="cast to this dtype (default: keep the source dtype)")
+    dtype = dict(choices=dtypes.NAMES, default=None, help="cast to this dtype (default: keep the source dtype)")
     bar = dict(action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
 
     h2m = sub.add_parser("hf-to-megatron", help="HF directory -> Megatron checkpoint")
-    h2m.add_argument("--hf-dir", required=True, help="HF model directory (or builtin:NAME)")
+    h2m.add_argument("--hf-dir", required=True, help="HF model directory (prorl-convert also takes builtin:NAME)")
     h2m.add_argument("--out", required=True, help="checkpoint directory to create")
     h2m.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     h2m.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
@@ -59,47 +56,43 @@ def build_parser() -> argparse.ArgumentParser:
     m2h.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     m2h.add_argument("--progress", **bar)
 
-    ver = sub.add_parser("verify", help="max |logit difference| between a HF model and a checkpoint")
-    ver.add_argument("--hf-dir", required=True)
-    ver.add_argument("--ckpt", required=True)
-    ver.add_argument("--tolerance", type=float, default=1e-3, help="exit 1 above this (default 1e-3)")
-    ver.add_argument("--seq-len", type=int, default=32)
-    ver.add_argument("--batch", type=int, default=2)
-    ver.add_argument("--seed", type=int, default=0)
-    return parser
+    return parser, sub
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def setup_logging() -> None:
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     # torch.distributed.checkpoint's deprecations, raised from inside dist_checkpointing.
     warnings.filterwarnings("ignore", message=".*load_state_dict. is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Please use DTensor instead", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("checkpoint_convert").setLevel(logging.INFO)
-    try:
-        if args.command == "hf-to-megatron":
-            from checkpoint_convert.convert import hf_to_megatron
 
-            summary = hf_to_megatron(args.hf_dir, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
-                                     overwrite=args.overwrite, progress=args.progress)
-        elif args.command == "megatron-to-hf":
-            from checkpoint_convert.convert import megatron_to_hf
 
-            summary = megatron_to_hf(args.ckpt, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
-                                     overwrite=args.overwrite, progress=args.progress)
-        else:
-            from checkpoint_convert.verify import max_logit_diff
+def convert(args) -> int:
+    """Run the conversion ``args`` names; print its summary line."""
+    if args.command == "hf-to-megatron":
+        from checkpoint_convert.convert import hf_to_megatron
 
-            diff = max_logit_diff(args.hf_dir, args.ckpt, seq_len=args.seq_len, batch=args.batch, seed=args.seed)
-            ok = diff <= args.tolerance
-            print(f"max |logit diff| = {diff:.3e} (tolerance {args.tolerance:.1e}): {'OK' if ok else 'FAIL'}")
-            return 0 if ok else 1
-    except (ConfigError, ConversionError) as exc:
-        print(f"prorl-convert: error: {exc}", file=sys.stderr)
-        return 2
+        summary = hf_to_megatron(args.hf_dir, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
+                                 overwrite=args.overwrite, progress=args.progress)
+    else:
+        from checkpoint_convert.convert import megatron_to_hf
+
+        summary = megatron_to_hf(args.ckpt, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
+                                 overwrite=args.overwrite, progress=args.progress)
     print(f"{summary.line()} -> {args.out}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return convert(args)
+    except ConversionError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ from typing import Iterator, Optional
 
 import torch
 
+from checkpoint_convert import dtypes
+from checkpoint_convert.arch import load_arch
 from checkpoint_convert.checkpoint import (HF_DIR, MODEL_DIR, CheckpointMeta, atomic_directory, check_writable,
-                                           checkpoint_arch, copy_hf_metadata, dtype_name, parse_dtype, read_meta,
-                                           write_meta)
+                                           checkpoint_arch, copy_hf_metadata, read_meta, write_meta)
 from checkpoint_convert.dist_layout import (ExtraState, Record, TorchDistReader, extra_state_bytes, layout_entries,
                                             write_torch_dist)
 from checkpoint_convert.errors import ConversionError
@@ -47,7 +48,6 @@ from checkpoint_convert.mapping import (FC1, VOCAB, Layout, Param, checkpoint_ke
                                         from_megatron_shards, hf_shapes, to_megatron_shard)
 from checkpoint_convert.safetensors_io import HFWeights, SafetensorsWriter
 from checkpoint_convert.staging import Staging
-from megatron_prorl.models.builder import hf_arch, load_hf_config, resolve_hf_dir
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default
 # megatron_to_hf reads this many bytes of decoder layers at a time: a bounded working set.
@@ -77,7 +77,7 @@ def _progress(total: int, desc: str, show: Optional[bool]):
 
 def _target_dtype(dtype: Optional[str], found: set[torch.dtype], where: str) -> torch.dtype:
     if dtype is not None:
-        return parse_dtype(dtype)
+        return dtypes.to_torch(dtype)
     if len(found) != 1:
         raise ConversionError(f"{where}: tensors have mixed dtypes {sorted(map(str, found))}; pass --dtype")
     return next(iter(found))
@@ -112,8 +112,8 @@ def hf_to_megatron(hf_dir: os.PathLike, out_dir: os.PathLike, tp: int = 1, pp: i
                    progress: Optional[bool] = None) -> Summary:
     """Convert a HF directory into a Megatron checkpoint for TP ``tp`` x PP ``pp``."""
     start = time.perf_counter()
-    src = resolve_hf_dir(str(hf_dir))
-    arch = hf_arch(load_hf_config(str(src)), source=str(src / "config.json"))
+    src = Path(hf_dir)
+    arch = load_arch(src)
     layout = Layout(arch, tp, pp)
     shapes = hf_shapes(arch)
     with HFWeights(src) as weights:
@@ -136,7 +136,7 @@ def hf_to_megatron(hf_dir: os.PathLike, out_dir: os.PathLike, tp: int = 1, pp: i
             (tmp / MODEL_DIR).mkdir()
             write_torch_dist(records, tmp / MODEL_DIR, written)
             copy_hf_metadata(src, tmp / HF_DIR)
-            write_meta(tmp, CheckpointMeta(tp=tp, pp=pp, dtype=dtype_name(target), family=arch.family))
+            write_meta(tmp, CheckpointMeta(tp=tp, pp=pp, dtype=dtypes.name_of(target), family=arch.family))
     return Summary(f"hf-to-megatron (TP{tp} x PP{pp})", len(shapes), nbytes, time.perf_counter() - start)
 
 

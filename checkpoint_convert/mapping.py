@@ -43,8 +43,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from megatron_prorl.config import ConfigError
-from megatron_prorl.models.builder import HFArch, padded_vocab_size
+from checkpoint_convert.arch import HFArch, padded_vocab_size
+from checkpoint_convert.errors import ConversionError
 
 Reader = Callable[[str, Optional[slice]], torch.Tensor]
 
@@ -129,14 +129,14 @@ class Layout:
     def __post_init__(self):
         a = self.arch
         if self.tp < 1 or self.pp < 1:
-            raise ConfigError(f"tp={self.tp}, pp={self.pp}: both must be >= 1")
+            raise ConversionError(f"tp={self.tp}, pp={self.pp}: both must be >= 1")
         for value, name in ((a.num_heads, "num_attention_heads"),
                             (a.num_query_groups, "num_key_value_heads (query groups)"),
                             (a.ffn_hidden_size, "intermediate_size")):
             if value % self.tp:
-                raise ConfigError(f"tp={self.tp} does not divide {name}={value}")
+                raise ConversionError(f"tp={self.tp} does not divide {name}={value}")
         if a.num_layers % self.pp:
-            raise ConfigError(f"pp={self.pp} does not divide num_hidden_layers={a.num_layers}")
+            raise ConversionError(f"pp={self.pp} does not divide num_hidden_layers={a.num_layers}")
 
     @property
     def padded_vocab(self) -> int:
@@ -188,7 +188,7 @@ class Layout:
         try:
             return self.stage_params(pp_rank)[canonical_name(local_name)]
         except KeyError:
-            raise ConfigError(f"parameter {local_name!r} of pipeline stage {pp_rank} is not part of the "
+            raise ConversionError(f"parameter {local_name!r} of pipeline stage {pp_rank} is not part of the "
                               f"{self.arch.family} mapping (tp={self.tp}, pp={self.pp})") from None
 
     def shard_shape(self, param: Param) -> tuple[int, ...]:

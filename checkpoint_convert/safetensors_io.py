@@ -25,10 +25,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from checkpoint_convert.arch import HFArch
+from checkpoint_convert.buckets import nbytes, plan_buckets
 from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.mapping import hf_shapes, is_ignored_hf_name
-from megatron_prorl.rollout.buckets import plan_buckets
-from megatron_prorl.models.builder import HFArch
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -214,22 +214,21 @@ class SafetensorsWriter:
     def __init__(self, out_dir: os.PathLike, entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
                  max_shard_bytes: int):
         self.dir = Path(out_dir)
-        sizes = [(i, math.prod(shape) * dtype.itemsize) for i, (_, shape, dtype) in enumerate(entries)]
+        sizes = [(i, nbytes(shape, dtype)) for i, (_, shape, dtype) in enumerate(entries)]
         groups = [[entries[i] for i in indices] for indices in plan_buckets(sizes, max_shard_bytes)] or [[]]
         self._plan = [(file, group) for file, group in zip(shard_file_names(len(groups)), groups)]
         self._order = [(file, name, shape, dtype) for file, group in self._plan for name, shape, dtype in group]
         self._next = 0
         self._file = None
-        self.total_bytes = sum(math.prod(s) * d.itemsize for _, s, d in entries)
+        self.total_bytes = sum(size for _, size in sizes)
 
     def _open(self, file: str) -> None:
         group = dict(self._plan)[file]
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name, shape, dtype in group:
-            nbytes = math.prod(shape) * dtype.itemsize
-            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape),
-                            "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
+            size = nbytes(shape, dtype)
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
         self._file = open(self.dir / file, "wb")

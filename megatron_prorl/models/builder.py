@@ -1,51 +1,22 @@
 """Megatron-Core GPT models from a Hugging Face config.json (Qwen2 and Llama families).
 
-``hf_arch(config)`` reads the few architecture facts both the model builder and the checkpoint
-converter need, rejecting unsupported features by field name; ``build_gpt_model`` turns them
-into a TransformerConfig plus a layer spec (Transformer Engine when present, local otherwise)
-for the pipeline stage this rank holds.
+:func:`build_gpt_model` turns the architecture the converter reads
+(:class:`checkpoint_convert.arch.HFArch`) into a TransformerConfig plus a layer spec
+(Transformer Engine when present, local otherwise) for the pipeline stage this rank holds.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from checkpoint_convert import dtypes
+from checkpoint_convert.arch import HFArch, padded_vocab_size
 from megatron_prorl import builtin
 from megatron_prorl.config import ConfigError, ModelConfig, ParallelConfig, resolve_transformer_impl
-
-# Megatron pads the vocabulary so every TP shard has the same, GEMM-friendly width.
-VOCAB_DIVISIBLE_BY = 128
-
-# Our dtype names (configs, checkpoints, prorl-convert --dtype).
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class HFArch:
-    """What we need to know of a HF decoder to build or convert it."""
-
-    family: str  # "qwen2" or "llama"
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_heads: int
-    num_query_groups: int
-    head_dim: int
-    vocab_size: int
-    max_position_embeddings: int
-    norm_eps: float
-    rope_theta: float
-    qkv_bias: bool
-    tie_embeddings: bool
-    # Llama-3 style rope scaling, as (factor, low_freq_factor, high_freq_factor, original_max_pos).
-    rope_scaling: Optional[tuple[float, float, float, int]] = None
-    torch_dtype: str = "float32"
 
 
 def resolve_hf_dir(hf_dir: str) -> Path:
@@ -56,81 +27,10 @@ def resolve_hf_dir(hf_dir: str) -> Path:
     return path
 
 
-def load_hf_config(hf_dir: str) -> dict:
-    path = resolve_hf_dir(hf_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-
-
-def hf_arch(cfg: dict, source: str = "config.json") -> HFArch:
-    """Validate a HF config and extract its architecture; errors name the offending field."""
-
-    def need(key):
-        if key not in cfg:
-            raise ConfigError(f"{source}: missing field '{key}'")
-        return cfg[key]
-
-    model_type = cfg.get("model_type") or ""
-    if model_type not in ("qwen2", "llama"):
-        archs = cfg.get("architectures")
-        raise ConfigError(f"{source}: model_type={model_type!r} (architectures={archs}) is not supported; "
-                          "supported: 'qwen2' (Qwen2ForCausalLM), 'llama' (LlamaForCausalLM)")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"{source}: hidden_act={cfg['hidden_act']!r} is not supported (only 'silu')")
-    if cfg.get("mlp_bias"):
-        raise ConfigError(f"{source}: mlp_bias=true is not supported")
-    if cfg.get("use_sliding_window"):
-        raise ConfigError(f"{source}: use_sliding_window=true is not supported")
-    if model_type == "llama" and cfg.get("attention_bias"):
-        raise ConfigError(f"{source}: attention_bias=true is not supported for llama "
-                          "(it also adds an o_proj bias, which the Megatron model lacks)")
-    heads = need("num_attention_heads")
-    hidden = need("hidden_size")
-    # transformers >= 5 writes rope_theta and the scaling into one "rope_parameters" dict.
-    rope = cfg.get("rope_parameters") or {}
-    rope_scaling = _rope_scaling(cfg.get("rope_scaling") or rope, source)
-    return HFArch(
-        family=model_type,
-        num_layers=need("num_hidden_layers"),
-        hidden_size=hidden,
-        ffn_hidden_size=need("intermediate_size"),
-        num_heads=heads,
-        num_query_groups=cfg.get("num_key_value_heads") or heads,
-        head_dim=cfg.get("head_dim") or hidden // heads,
-        vocab_size=need("vocab_size"),
-        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-        norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        rope_theta=float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0),
-        qkv_bias=True if model_type == "qwen2" else bool(cfg.get("attention_bias", False)),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        rope_scaling=rope_scaling,
-        torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
-    )
-
-
-def _rope_scaling(rs: Optional[dict], source: str):
-    if not rs:
-        return None
-    kind = rs.get("rope_type", rs.get("type"))
-    if kind == "default":
-        return None
-    if kind != "llama3":
-        raise ConfigError(f"{source}: rope_scaling.rope_type={kind!r} is not supported (only 'llama3')")
-    return (float(rs["factor"]), float(rs.get("low_freq_factor", 1.0)), float(rs.get("high_freq_factor", 4.0)),
-            int(rs.get("original_max_position_embeddings", 8192)))
-
-
-def padded_vocab_size(vocab_size: int, tp: int) -> int:
-    multiple = VOCAB_DIVISIBLE_BY * tp
-    return -(-vocab_size // multiple) * multiple
-
-
 def resolve_dtype(model: ModelConfig) -> torch.dtype:
     if model.dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return DTYPES[model.dtype]
+    return dtypes.to_torch(model.dtype, "model.dtype")
 
 
 def transformer_config(arch: HFArch, model: ModelConfig, parallel: ParallelConfig):

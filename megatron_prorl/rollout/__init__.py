@@ -5,6 +5,7 @@ Engines are chosen by name (``rollout.engine``) through :func:`build_engine` /
 """
 
 from megatron_prorl.rollout.base import (
+    ENGINES,
     FINISH_REASONS,
     Bucket,
     RolloutEngine,
@@ -13,13 +14,11 @@ from megatron_prorl.rollout.base import (
     SyncStats,
     build_engine,
     build_engine_from_config,
-    engine_class,
-    engine_names,
     register_engine,
 )
-from megatron_prorl.rollout.buckets import iter_buckets
 
 __all__ = [
+    "ENGINES",
     "FINISH_REASONS",
     "Bucket",
     "RolloutEngine",
@@ -28,8 +27,5 @@ __all__ = [
     "SyncStats",
     "build_engine",
     "build_engine_from_config",
-    "engine_class",
-    "engine_names",
-    "iter_buckets",
     "register_engine",
 ]

@@ -5,26 +5,43 @@ of the distribution it sampled from, takes fresh weights from the trainer as a s
 ``(hf_name, tensor)`` buckets in Hugging Face naming, and gives its accelerator memory back
 while the trainer runs (``sleep``/``wake``).
 
-Engines are looked up by the name in ``rollout.engine``; each is imported only when selected,
-so a CPU install never imports TensorRT-LLM.
+Engines are looked up in :data:`ENGINES` by the name in ``rollout.engine``; each is imported
+only when selected, so a CPU install never imports TensorRT-LLM.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
+from checkpoint_convert.buckets import Bucket
+from megatron_prorl.registry import Registry
+
 if TYPE_CHECKING:
     from megatron_prorl.config import RolloutConfig
 
 FINISH_REASONS = ("eos", "stop", "length")
 
-# A bucket: named tensors sent together; a full weight sync is an iterable of buckets.
-Bucket = list[tuple[str, torch.Tensor]]
+
+# SamplingParams field -> (rule, test): the one statement of what sampling accepts.
+_SAMPLING_RULES = {
+    "n": ("must be >= 1", lambda v: v >= 1),
+    "temperature": ("must be > 0", lambda v: v > 0),
+    "top_p": ("must be in (0, 1]", lambda v: 0 < v <= 1),
+    "max_new_tokens": ("must be >= 1", lambda v: v >= 1),
+}
+
+
+def check_sampling(**named: tuple[str, Any]) -> None:
+    """Raise ValueError for the first value that breaks its rule. Each keyword is a
+    SamplingParams field, given as (the name to report, e.g. a config key; the value)."""
+    for field, (label, value) in named.items():
+        rule, ok = _SAMPLING_RULES[field]
+        if not ok(value):
+            raise ValueError(f"{label}={value}: {rule}")
 
 
 @dataclass(frozen=True)
@@ -39,14 +56,7 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"SamplingParams.n={self.n}: must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"SamplingParams.temperature={self.temperature}: must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"SamplingParams.top_p={self.top_p}: must be in (0, 1]")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"SamplingParams.max_new_tokens={self.max_new_tokens}: must be >= 1")
+        check_sampling(**{f: (f"SamplingParams.{f}", getattr(self, f)) for f in _SAMPLING_RULES})
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
 
@@ -120,40 +130,20 @@ def check_prompts(prompt_ids: Sequence[Sequence[int]]) -> None:
             raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
 
 
-# name -> engine class, or "module:Class" imported on first use (keeps GPU-only imports lazy).
-_ENGINES: dict[str, str | type[RolloutEngine]] = {
+# name -> engine class; built-ins are imported on first use (keeps GPU-only imports lazy).
+ENGINES: Registry[type[RolloutEngine]] = Registry("rollout engine", {
     "transformers": "megatron_prorl.rollout.hf_engine:TransformersEngine",
     "tensorrt_llm": "megatron_prorl.rollout.trtllm:TensorRTLLMEngine",
-}
-
-
-def register_engine(name: str, cls: type[RolloutEngine]) -> None:
-    if name in _ENGINES:
-        raise ValueError(f"rollout engine {name!r} is already registered")
-    _ENGINES[name] = cls
-
-
-def engine_names() -> list[str]:
-    return sorted(_ENGINES)
-
-
-def engine_class(name: str) -> type[RolloutEngine]:
-    try:
-        entry = _ENGINES[name]
-    except KeyError:
-        raise ValueError(f"rollout.engine={name!r}: expected one of {engine_names()}") from None
-    if isinstance(entry, str):
-        module, attr = entry.split(":")
-        entry = getattr(importlib.import_module(module), attr)
-    return entry
+})
+register_engine = ENGINES.register
 
 
 def build_engine(name: str, **kwargs: Any) -> RolloutEngine:
     """Construct the engine registered as ``name`` with its own constructor arguments."""
-    return engine_class(name)(**kwargs)
+    return ENGINES.get(name)(**kwargs)
 
 
 def build_engine_from_config(cfg: RolloutConfig, **context: Any) -> RolloutEngine:
     """Construct ``cfg.engine`` from the rollout config plus the model context
     (see :meth:`RolloutEngine.from_rollout_config`)."""
-    return engine_class(cfg.engine).from_rollout_config(cfg, **context)
+    return ENGINES.get(cfg.engine).from_rollout_config(cfg, **context)

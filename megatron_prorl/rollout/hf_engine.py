@@ -17,7 +17,7 @@ same inputs give the same outputs.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
@@ -30,8 +30,10 @@ from megatron_prorl.rollout.base import (
     SyncStats,
     check_prompts,
 )
-from megatron_prorl.rollout.buckets import tensor_bytes
 from megatron_prorl.rollout.sampling import sample_tokens
+
+if TYPE_CHECKING:
+    from megatron_prorl.config import RolloutConfig
 
 
 def config_from_dict(hf_config: dict):
@@ -92,7 +94,7 @@ class TransformersEngine(RolloutEngine):
         self._asleep = False
 
     @classmethod
-    def from_rollout_config(cls, cfg, *, hf_config, hf_dir, eos_token_ids, pad_token_id, device, dtype):
+    def from_rollout_config(cls, cfg: RolloutConfig, *, hf_config, hf_dir, eos_token_ids, pad_token_id, device, dtype):
         return cls(hf_config, eos_token_ids, pad_token_id, device=device, dtype=dtype,
                    max_batch_size=cfg.engine_max_batch_size)
 
@@ -108,7 +110,7 @@ class TransformersEngine(RolloutEngine):
             for name, tensor in bucket:
                 loader.load(name, tensor)
                 stats.tensors += 1
-                stats.bytes += tensor_bytes(tensor)
+                stats.bytes += tensor.nbytes
             stats.buckets += 1
         if complete and (missing := loader.missing()):
             raise ValueError(f"weight sync incomplete: {len(missing)} engine parameters were not sent, "

@@ -16,7 +16,6 @@ from typing import Iterable
 from safetensors.torch import save_file
 
 from megatron_prorl.rollout.base import Bucket, SyncStats
-from megatron_prorl.rollout.buckets import bucket_bytes
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 INDEX_NAME = "model.safetensors.index.json"
@@ -62,7 +61,7 @@ def write_hf_dir(out_dir: str | Path, hf_config: dict, buckets: Iterable[Bucket]
         save_file(tensors, str(out / shard), metadata={"format": "pt"})
         stats.buckets += 1
         stats.tensors += len(bucket)
-        stats.bytes += bucket_bytes(bucket)
+        stats.bytes += sum(t.nbytes for _, t in bucket)
     if not weight_map:
         raise ValueError(f"no weights to write into {out}")
     (out / INDEX_NAME).write_text(json.dumps(

@@ -49,14 +49,16 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 
 import torch
 
 from megatron_prorl.accelerator import missing_for_tensorrt_llm
 from megatron_prorl.rollout.base import Bucket, RolloutEngine, Sample, SamplingParams, SyncStats, check_prompts
-from megatron_prorl.rollout.buckets import bucket_bytes
 from megatron_prorl.rollout.hf_export import engine_named_tensors, write_hf_dir
+
+if TYPE_CHECKING:
+    from megatron_prorl.config import RolloutConfig
 
 WORKER_EXTENSION = "tensorrt_llm.llmapi.rlhf_utils.WorkerExtension"
 # Weights ("model") and KV cache: everything big. Weights are refitted after every wake.
@@ -161,7 +163,7 @@ def refit(rpc: Callable[[str, Any], Any], buckets: Iterable[Bucket],
         del payload, keep_alive
         stats.buckets += 1
         stats.tensors += len(bucket)
-        stats.bytes += bucket_bytes(bucket)
+        stats.bytes += sum(t.nbytes for _, t in bucket)
     rpc("update_weights", None)
     stats.seconds = time.perf_counter() - start
     return stats
@@ -224,7 +226,7 @@ class TensorRTLLMEngine(RolloutEngine):
         self._weights_valid, self._closed = True, False
 
     @classmethod
-    def from_rollout_config(cls, cfg, *, hf_config, hf_dir, eos_token_ids, pad_token_id, device, dtype):
+    def from_rollout_config(cls, cfg: RolloutConfig, *, hf_config, hf_dir, eos_token_ids, pad_token_id, device, dtype):
         if hf_dir is None:
             raise ValueError("rollout.engine='tensorrt_llm' loads a Hugging Face directory; none was given")
         return cls(hf_dir, hf_config, eos_token_ids, refresh=cfg.refresh,

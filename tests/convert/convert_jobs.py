@@ -5,7 +5,7 @@
   control), and a conversion that fails midway (nothing may be left behind).
 - :func:`distributed_job` (8 gloo ranks): for every TP x PP, the live GPTModel's own
   sharded_state_dict against dist_layout, logits of the checkpoint loaded at its own and at
-  another layout, logits after load_hf_weights, the export_hf_weights round trip,
+  another layout, logits after load_hf_weights, the weight sync's export,
   save_model_checkpoint / load_model_checkpoint across layouts, and a wrong qkv interleave
   (negative control) caught by the logits.
 """
@@ -125,13 +125,13 @@ def save_with_megatron(hf_dir: str, model_dir: Path, tp: int, pp: int) -> None:
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
+    from checkpoint_convert.arch import load_arch
     from checkpoint_convert.dist_layout import param_entries
     from checkpoint_convert.mapping import FC1, Layout, fc1_shard_parts, to_megatron_shard
     from checkpoint_convert.safetensors_io import HFWeights
     from megatron_prorl import cpu_backend
-    from megatron_prorl.models.builder import hf_arch, load_hf_config
 
-    layout = Layout(hf_arch(load_hf_config(hf_dir)), tp, pp)
+    layout = Layout(load_arch(hf_dir), tp, pp)
     state = {}
     with HFWeights(hf_dir) as weights:
         for param in layout.params:
@@ -249,28 +249,28 @@ def _diff(model, tokens, reference, vocab_size):
 
 
 def export_check(model, arch, hf_dir, bucket_bytes: int = 20_000) -> dict:
-    """Export at the model's dtype and at the source dtype against the HF tensors on disk."""
-    from checkpoint_convert.mapping import is_ignored_hf_name
-    from checkpoint_convert.model_weights import export_hf_weights
+    """The weight sync's collective export against the HF tensors on disk: everything on the
+    model-parallel group's first rank, nothing elsewhere."""
+    from megatron.core import parallel_state as ps
 
-    source = {n: t for n, t in read_hf_tensors(hf_dir).items() if not is_ignored_hf_name(n, arch)}
-    result = {}
-    source_dtype = next(iter(source.values())).dtype
-    for label, dtype in [("fp32", None)] + ([("source", source_dtype)] if source_dtype != torch.float32 else []):
-        exported, overfull = {}, []
-        for bucket in export_hf_weights(model, arch, bucket_bytes=bucket_bytes, dtype=dtype):
-            sizes = [t.numel() * t.element_size() for _, t in bucket]
-            if len(sizes) > 1 and sum(sizes) > bucket_bytes:  # only a lone tensor may exceed the bound
-                overfull.append(sum(sizes))
-            exported.update((n, t.clone()) for n, t in bucket)
-        want = {n: (t.float() if dtype is None else t) for n, t in source.items()}
-        result[label] = {
-            "names": sorted(set(want) ^ set(exported)),
-            "different": sorted(n for n in want if n in exported and not (
-                exported[n].dtype == want[n].dtype and torch.equal(exported[n], want[n]))),
-            "overfull": overfull,
-        }
-    return result
+    from checkpoint_convert.mapping import is_ignored_hf_name
+    from megatron_prorl.weight_sync import export_to_first_rank
+
+    exported, overfull = {}, []
+    for bucket in export_to_first_rank(model, arch, bucket_bytes):
+        sizes = [t.nbytes for _, t in bucket]
+        if len(sizes) > 1 and sum(sizes) > bucket_bytes:  # only a lone tensor may exceed the bound
+            overfull.append(sum(sizes))
+        exported.update((n, t.clone()) for n, t in bucket)
+    if torch.distributed.get_rank(ps.get_model_parallel_group()) != 0:
+        return {"received": sorted(exported)}  # must stay empty
+    want = {n: t.float() for n, t in read_hf_tensors(hf_dir).items() if not is_ignored_hf_name(n, arch)}
+    return {
+        "names": sorted(set(want) ^ set(exported)),
+        "different": sorted(n for n in want if n in exported and not (
+            exported[n].dtype == want[n].dtype and torch.equal(exported[n], want[n]))),
+        "overfull": overfull,
+    }
 
 
 def _wrong_interleave(q, k, v, groups):
@@ -282,11 +282,12 @@ def distributed_job(hf_dirs: dict[str, str], ckpt_root: str, saved_dir: str, tok
     from megatron.core import parallel_state as ps
 
     from checkpoint_convert import mapping
+    from checkpoint_convert.arch import load_arch
     from checkpoint_convert.checkpoint import load_model_checkpoint, save_model_checkpoint
     from checkpoint_convert.model_weights import load_hf_weights
     from megatron_prorl.config import ModelConfig, ParallelConfig
     from megatron_prorl.distributed import init_distributed
-    from megatron_prorl.models.builder import build_gpt_model, hf_arch, load_hf_config
+    from megatron_prorl.models.builder import build_gpt_model
 
     world = int(os.environ["WORLD_SIZE"])
     rows = []
@@ -295,7 +296,7 @@ def distributed_job(hf_dirs: dict[str, str], ckpt_root: str, saved_dir: str, tok
         init_distributed(parallel)
         other = (4, 2) if (tp, pp) != (4, 2) else (1, 1)
         for variant, hf_dir in hf_dirs.items():
-            arch = hf_arch(load_hf_config(hf_dir))
+            arch = load_arch(hf_dir)
             layout = mapping.Layout(arch, tp, pp)
             model = build_gpt_model(arch, ModelConfig(dtype="fp32", transformer_impl="local"), parallel).eval()
             ref = reference[variant]

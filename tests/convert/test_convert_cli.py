@@ -14,14 +14,14 @@ import pytest
 from convert_jobs import read_hf_tensors
 from convert_models import write_variant
 
-from checkpoint_convert.cli import main
+from megatron_prorl.convert_cli import main
 
 SUMMARY = re.compile(r"\d+ tensors, \d+\.\d+ GB in \d+\.\d+ s \(\d+\.\d+ GB/s\) -> ")
 
 
 def prorl_convert(*args: str) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("prorl-convert")  # the installed console script
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "checkpoint_convert.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "megatron_prorl.convert_cli"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(command + list(args), capture_output=True, text=True, timeout=300, env=env)
 
@@ -125,3 +125,19 @@ def test_megatron_to_hf_bad_input(hf_dirs, tmp_path, capsys):
     assert main(["megatron-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]) == 2
     assert "no hf/config.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_converter_runs_on_its_own(hf_dirs, tmp_path):
+    """python -m checkpoint_convert: the conversions without megatron_prorl (nor verify)."""
+    code = ("import sys, runpy; sys.modules['megatron_prorl'] = None; "  # any import of it fails
+            "sys.argv = ['checkpoint_convert'] + sys.argv[1:]; runpy.run_module('checkpoint_convert', run_name='__main__')")
+    ckpt, back = tmp_path / "ckpt", tmp_path / "back"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for args in (["hf-to-megatron", "--hf-dir", str(hf_dirs["qwen2"]), "--out", str(ckpt), "--tp", "2"],
+                 ["megatron-to-hf", "--ckpt", str(ckpt), "--out", str(back)]):
+        run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr
+        assert SUMMARY.search(run.stdout)
+    assert read_hf_tensors(back).keys() == read_hf_tensors(hf_dirs["qwen2"]).keys()
+    run = subprocess.run([sys.executable, "-c", code, "verify"], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 2 and "invalid choice: 'verify'" in run.stderr

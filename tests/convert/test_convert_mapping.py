@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from checkpoint_convert import mapping as M
-from megatron_prorl.config import ConfigError
-from megatron_prorl.models.builder import hf_arch
+from checkpoint_convert.errors import ConversionError
+from checkpoint_convert.arch import hf_arch
 
 
 def make_arch(**overrides):
@@ -138,7 +138,7 @@ def test_transformer_engine_names_are_aliases_and_the_checkpoint_keys():
     assert M.checkpoint_keys(te) == ("decoder.layers.self_attention.linear_qkv.layer_norm_weight",
                                      "decoder.layers.input_layernorm.weight")
     assert M.checkpoint_keys(qkv) == (M.checkpoint_key(qkv),)
-    with pytest.raises(ConfigError, match="not part of the qwen2 mapping"):
+    with pytest.raises(ConversionError, match="not part of the qwen2 mapping"):
         layout.param_for("decoder.layers.0.self_attention.linear_qkv.layer_norm_bias", 0)
 
 
@@ -151,7 +151,7 @@ def test_llama_has_no_qkv_bias():
 @pytest.mark.parametrize("tp,pp,field", [(3, 1, "num_attention_heads=8"), (8, 1, "num_key_value_heads"),
                                           (1, 3, "num_hidden_layers=4")])
 def test_layouts_that_do_not_divide_the_model_are_rejected(tp, pp, field):
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConversionError, match=field):
         M.Layout(make_arch(), tp, pp)
 
 
@@ -164,9 +164,9 @@ def test_config_rope_fields_of_both_transformers_generations():
         "original_max_position_embeddings": 8192})
     assert v4 == v5 and v4.rope_theta == 5e5 and v4.rope_scaling == (8.0, 1.0, 4.0, 8192)
     assert make_arch(rope_parameters={"rope_theta": 1e6, "rope_type": "default"}).rope_theta == 1e6
-    with pytest.raises(ConfigError, match="rope_scaling.rope_type='yarn'"):
+    with pytest.raises(ConversionError, match="rope_scaling.rope_type='yarn'"):
         make_arch(rope_scaling={"rope_type": "yarn", "factor": 4.0})
-    with pytest.raises(ConfigError, match="attention_bias"):
+    with pytest.raises(ConversionError, match="attention_bias"):
         make_arch(model_type="llama", attention_bias=True)
-    with pytest.raises(ConfigError, match="model_type='mistral'"):
+    with pytest.raises(ConversionError, match="model_type='mistral'"):
         make_arch(model_type="mistral")

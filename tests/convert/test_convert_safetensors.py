@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.safetensors_io import INDEX_FILE, SINGLE_FILE, HFWeights, SafetensorsWriter
-from megatron_prorl.models.builder import hf_arch
+from checkpoint_convert.arch import hf_arch
 
 TENSORS = {
     "a": torch.randn(5, 3).to(torch.bfloat16),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from megatron_prorl.rollout import iter_buckets
+from checkpoint_convert.buckets import plan_buckets
 from megatron_prorl.rollout.hf_engine import config_from_dict
 
 EOS = 1
@@ -31,5 +31,7 @@ def reference_model(hf_config: dict, seed: int = 0) -> torch.nn.Module:
 
 
 def state_dict_buckets(model: torch.nn.Module, max_bytes: int = 16_384, skip=()):
-    named = ((n, t.detach().clone()) for n, t in model.state_dict().items() if n not in skip)
-    return iter_buckets(named, max_bytes)
+    """The model's tensors as weight-sync buckets of at most ``max_bytes``."""
+    tensors = {n: t.detach().clone() for n, t in model.state_dict().items() if n not in skip}
+    return [[(n, tensors[n]) for n in names]
+            for names in plan_buckets([(n, t.nbytes) for n, t in tensors.items()], max_bytes)]

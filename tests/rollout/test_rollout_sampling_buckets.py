@@ -9,7 +9,6 @@ import torch
 from rollout_models import qwen2_config, reference_model, state_dict_buckets
 from transformers import AutoModelForCausalLM
 
-from megatron_prorl.rollout import iter_buckets
 from megatron_prorl.rollout.hf_export import engine_named_tensors, write_hf_dir
 from megatron_prorl.rollout.sampling import sample_tokens, temperature_logprobs, top_p_keep_mask
 
@@ -47,17 +46,6 @@ def test_a_draw_at_the_top_of_the_cdf_stays_on_a_token_with_mass(monkeypatch):
     tokens, _ = sample_tokens(logits, 1.0, 0.9, torch.Generator())
     keep = top_p_keep_mask(temperature_logprobs(logits, 1.0), 0.9)
     assert keep[0, tokens[0]] and tokens[1] == 3
-
-
-def test_iter_buckets_bounds_size_keeps_order_and_isolates_big_tensors():
-    t = lambda n: torch.zeros(n, dtype=torch.float32)  # noqa: E731  (4 bytes per element)
-    named = [("a", t(10)), ("b", t(10)), ("c", t(30)), ("big", t(100)), ("d", t(5)), ("e", t(5))]
-    buckets = list(iter_buckets(iter(named), max_bytes=160))
-    assert [[n for n, _ in b] for b in buckets] == [["a", "b"], ["c"], ["big"], ["d", "e"]]
-    assert [n for b in buckets for n, _ in b] == [n for n, _ in named]
-    assert list(iter_buckets([], 10)) == []
-    with pytest.raises(ValueError, match="must be > 0"):
-        list(iter_buckets(named, 0))
 
 
 def test_hf_export_round_trips_through_from_pretrained(tmp_path):

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import torch
 
+from checkpoint_convert.arch import load_arch
 from checkpoint_convert.checkpoint import checkpoint_arch, load_model_checkpoint
 from checkpoint_convert.errors import ConversionError
-from megatron_prorl.models.builder import hf_arch, load_hf_config, resolve_hf_dir
+from megatron_prorl.config import ModelConfig, ParallelConfig
+from megatron_prorl.distributed import init_distributed, shutdown_distributed
+from megatron_prorl.models.builder import build_gpt_model
 
 
 @torch.no_grad()
@@ -31,13 +34,9 @@ def max_logit_diff(hf_dir: os.PathLike, ckpt_dir: os.PathLike, seq_len: int = 32
     """Max |logit difference| between the HF model in ``hf_dir`` and the checkpoint in ``ckpt_dir``."""
     from transformers import AutoModelForCausalLM
 
-    from megatron_prorl.config import ModelConfig, ParallelConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
-    from megatron_prorl.models.builder import build_gpt_model
-
-    src = resolve_hf_dir(str(hf_dir))
+    src = Path(hf_dir)
     arch = checkpoint_arch(ckpt_dir)
-    theirs_arch = hf_arch(load_hf_config(str(src)), source=str(src / "config.json"))
+    theirs_arch = load_arch(src)
     if replace(theirs_arch, torch_dtype=arch.torch_dtype) != arch:
         raise ConversionError(f"{src}/config.json and {Path(ckpt_dir)}/hf/config.json describe different models")
     tokens = torch.randint(arch.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(seed))

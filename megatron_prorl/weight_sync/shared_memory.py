@@ -21,13 +21,12 @@ from typing import Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from checkpoint_convert.arch import HFArch
+from checkpoint_convert.buckets import Bucket, plan_buckets
 from checkpoint_convert.checkpoint import unwrap_model
 from checkpoint_convert.mapping import canonical_name, hf_shapes, shard_regions
-from checkpoint_convert.model_weights import _layout_here
+from checkpoint_convert.model_weights import layout_here
 from checkpoint_convert.staging import aligned_nbytes, carve
-from megatron_prorl.models.builder import HFArch
-from megatron_prorl.rollout.base import Bucket
-from megatron_prorl.rollout.buckets import plan_buckets
 
 SHM_DIR = "/dev/shm"
 _HEADER = 64  # the creator's token, checked by every rank that maps the file; keeps tensors aligned
@@ -110,22 +109,22 @@ class SharedArena:
 class SharedMemoryExport:
     """Callable yielding the model's HF buckets on the model-parallel group's first rank.
 
-    Collective over the model-parallel group, like ``export_hf_weights(only_first_rank=True)``:
+    Collective over the model-parallel group, like :func:`~megatron_prorl.weight_sync.collective.export_to_first_rank`:
     every rank iterates to the end; the others yield nothing. Bucket tensors live in shared
     memory, valid until the next bucket is requested: consume (copy) each one first.
     Creating it raises :class:`SharedMemoryUnavailable` (on every rank) when the group's ranks
     cannot share memory.
     """
 
-    def __init__(self, model, arch: HFArch, bucket_bytes: int, dtype: Optional[torch.dtype] = None):
+    def __init__(self, model, arch: HFArch, bucket_bytes: int):
         from megatron.core import parallel_state as ps
 
         self.gpt = unwrap_model(model)
         self.group = ps.get_model_parallel_group()
         self.lead = dist.get_rank(self.group) == 0
-        layout = _layout_here(arch)
+        layout = layout_here(arch)
         pp_rank, tp_rank = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
-        dtype = dtype or self.gpt.config.params_dtype
+        dtype = self.gpt.config.params_dtype
         shapes = hf_shapes(arch)
         nbytes = {name: aligned_nbytes(shape, dtype) for name, shape in shapes.items()}
         self.plan = plan_buckets(list(nbytes.items()), bucket_bytes)

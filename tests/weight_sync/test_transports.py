@@ -1,5 +1,5 @@
-"""The weight sync's shared-memory transport: the scatter form of the mapping, bucket planning,
-and the shared arena between real processes (its end-to-end exactness is in test_weight_sync)."""
+"""The weight sync's shared-memory transport: the scatter form of the mapping and the shared
+arena between real processes (its end-to-end exactness is in test_weight_sync)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from checkpoint_convert import mapping as M
+from checkpoint_convert.arch import hf_arch
 from megatron_prorl.launch import spawn
-from megatron_prorl.models.builder import hf_arch
-from megatron_prorl.rollout.buckets import plan_buckets
 
 
 def _arch(family: str, tied: bool):
@@ -51,16 +50,10 @@ def test_padded_vocabulary_rows_land_nowhere():
     assert all(r[0][2][0].stop <= per_rank for r in rows if r)
 
 
-def test_buckets_keep_order_and_bound_their_size():
-    sizes = [("a", 40), ("b", 40), ("c", 30), ("d", 200), ("e", 10), ("f", 100)]
-    assert plan_buckets(sizes, 100) == [["a", "b"], ["c"], ["d"], ["e"], ["f"]]
-    assert plan_buckets(sizes, 10**9) == [["a", "b", "c", "d", "e", "f"]]
-
-
 def _arena(shm_dir):
     import torch.distributed as dist
 
-    from checkpoint_convert.shared_memory import SharedArena, SharedMemoryUnavailable
+    from megatron_prorl.weight_sync.shared_memory import SharedArena, SharedMemoryUnavailable
     from megatron_prorl.config import ParallelConfig
     from megatron_prorl.distributed import init_distributed, shutdown_distributed
 
@@ -96,8 +89,7 @@ def test_without_shared_memory_every_rank_is_told_why(tmp_path):
 def _two_replicas():
     from megatron.core import parallel_state as ps
 
-    from checkpoint_convert.model_weights import export_hf_weights, weight_sync_source
-    from checkpoint_convert.shared_memory import SharedMemoryExport
+    from megatron_prorl.weight_sync import SharedMemoryExport, build_source, export_to_first_rank
     from megatron_prorl.config import ModelConfig, ParallelConfig
     from megatron_prorl.distributed import init_distributed, shutdown_distributed
     from megatron_prorl.models.builder import build_gpt_model
@@ -113,9 +105,9 @@ def _two_replicas():
     def collect(buckets):
         return {n: t.clone() for bucket in buckets for n, t in bucket}
 
-    source = weight_sync_source(model, arch, 4 << 10)
+    source = build_source(model, arch, 4 << 10)
     shared = collect(source())
-    reference = collect(export_hf_weights(model, arch, 4 << 10, only_first_rank=True))
+    reference = collect(export_to_first_rank(model, arch, 4 << 10))
     source.close()
     out = {"shared_memory": isinstance(source, SharedMemoryExport), "tensors": len(shared),
            "equal": shared.keys() == reference.keys() and all(torch.equal(shared[n], reference[n]) for n in shared),

@@ -32,7 +32,7 @@ def _batch(vocab: int):
 def _grads_in_hf_names(actor) -> dict[str, torch.Tensor]:
     """Full gradients by HF name: swap each parameter's data with its reduced main_grad and run
     the weight export (which gathers over TP and PP)."""
-    from checkpoint_convert import export_hf_weights
+    from megatron_prorl.weight_sync import export_to_first_rank
 
     module = actor.policy_module
     saved = {}
@@ -40,20 +40,20 @@ def _grads_in_hf_names(actor) -> dict[str, torch.Tensor]:
         saved[p] = p.data
         p.data = p.main_grad.to(p.dtype)
     try:
-        return {n: t.clone() for bucket in export_hf_weights(module, actor.arch, 1 << 20) for n, t in bucket}
+        return {n: t.clone() for bucket in export_to_first_rank(module, actor.arch, 1 << 20) for n, t in bucket}
     finally:
         for p, data in saved.items():
             p.data = data
 
 
 def _run_layout(hf_dir: str, tp: int, pp: int):
-    from checkpoint_convert import load_hf_weights
     from megatron.core import parallel_state as ps
+
+    from checkpoint_convert import load_arch, load_hf_weights
 
     from megatron_prorl.actor import PolicyActor
     from megatron_prorl.config import ProRLConfig
     from megatron_prorl.distributed import init_distributed, shutdown_distributed
-    from megatron_prorl.models.builder import hf_arch, load_hf_config
 
     cfg = ProRLConfig()
     cfg.model.hf_dir = hf_dir
@@ -63,7 +63,7 @@ def _run_layout(hf_dir: str, tp: int, pp: int):
     cfg.algo.kl_beta, cfg.algo.entropy_coef = 0.05, 0.01
     init_distributed(cfg.parallel)
     try:
-        arch = hf_arch(load_hf_config(hf_dir))
+        arch = load_arch(hf_dir)
         actor = PolicyActor(cfg, arch)
         load_hf_weights(actor.policy_module, arch, hf_dir)
         actor.reset_reference(step=0, reason="start")
@@ -72,14 +72,14 @@ def _run_layout(hf_dir: str, tp: int, pp: int):
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         rows = torch.arange(N_SEQ).tensor_split(dp)[dp_rank]
         batch = full.select(rows)
-        logprobs, entropy = actor.forward_logprobs(batch)
+        logprobs, entropy = actor.forward_logprobs(batch, cfg.rollout.temperature)
         if logprobs is not None:
             # A reference and an old policy that differ from the current one make KL and ratios
             # (and both clip sides) non-trivial; indexed globally so every layout sees the same.
             wave = (rows[:, None] * logprobs.shape[1] + torch.arange(logprobs.shape[1])).float()
             batch.ref_logprobs = logprobs - 0.1 * wave.sin()
             batch.old_logprobs = logprobs + 0.3 * wave.cos()
-        metrics = actor.forward_backward(batch)
+        metrics = actor.forward_backward(batch, cfg.rollout.temperature, cfg.algo.kl_beta)
         grads = _grads_in_hf_names(actor)
         last = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
         return {

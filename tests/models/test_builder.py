@@ -1,0 +1,35 @@
+"""The Megatron GPT model built from a HF architecture: rope frequencies equal transformers'."""
+
+import pytest
+import torch
+
+from checkpoint_convert.arch import hf_arch
+from helpers.hf_configs import LLAMA3, QWEN2
+from megatron_prorl.launch import spawn
+
+
+def _rope_inv_freq(cfg):
+    from megatron_prorl.config import ModelConfig, ParallelConfig
+    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.models.builder import build_gpt_model
+
+    init_distributed(ParallelConfig())
+    model = build_gpt_model(hf_arch(cfg), ModelConfig(), ParallelConfig())
+    shutdown_distributed()
+    return model.rotary_pos_emb.inv_freq.clone()
+
+
+@pytest.mark.parametrize("cfg", [LLAMA3, QWEN2], ids=["llama3-scaled", "qwen2"])
+def test_rope_frequencies_match_transformers(cfg):
+    from transformers import LlamaConfig, Qwen2Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf_cls = LlamaConfig if cfg["model_type"] == "llama" else Qwen2Config
+    hf_cfg = hf_cls(**{k: v for k, v in cfg.items() if k != "model_type"})
+    kind = (cfg.get("rope_scaling") or {}).get("rope_type", "default")
+    if kind == "default":
+        expected = 1.0 / cfg["rope_theta"] ** (torch.arange(0, 16, 2).float() / 16)
+    else:
+        expected, _ = ROPE_INIT_FUNCTIONS[kind](hf_cfg, "cpu")
+    got = spawn(_rope_inv_freq, 1, cfg)[0]
+    torch.testing.assert_close(got.float(), expected.float(), rtol=1e-6, atol=0)
