@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from megatron_prorl.algo.registry import Registry
+from megatron_prorl.registry import Registry
 from megatron_prorl.algo.utils import as_groups, group_has_variance
 
 AdvantageFn = Callable[..., Tensor]

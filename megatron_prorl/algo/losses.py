@@ -26,7 +26,7 @@ from torch import Tensor
 
 from megatron_prorl.algo.advantages import broadcast_advantages
 from megatron_prorl.algo.kl import kl_penalty
-from megatron_prorl.algo.registry import Registry
+from megatron_prorl.registry import Registry
 from megatron_prorl.algo.utils import check_mask, check_shape, masked_sum
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")

@@ -5,10 +5,10 @@ from megatron_prorl.data.formats import FORMATS
 from megatron_prorl.data.loader import BadRowWarning, Data, Source, load_data, load_source, save_rows
 from megatron_prorl.data.prompts import INSTRUCTIONS, encode_prompt, render_prompt, user_message
 from megatron_prorl.data.sampler import MixedSampler, domain_mix_weights
-from megatron_prorl.data.schema import DOMAINS, BadRow, Row, check_row
+from megatron_prorl.data.schema import BadRow, Row, check_row, domains
 
 __all__ = [
-    "BadRow", "BadRowWarning", "DOMAINS", "Data", "FORMATS", "INSTRUCTIONS", "MixedSampler", "Row",
+    "BadRow", "BadRowWarning", "Data", "FORMATS", "INSTRUCTIONS", "MixedSampler", "Row",
     "Source", "check_row", "domain_mix_weights", "encode_prompt", "load_data", "load_source",
-    "render_prompt", "save_rows", "user_message",
+    "domains", "render_prompt", "save_rows", "user_message",
 ]

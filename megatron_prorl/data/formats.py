@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from megatron_prorl.data import code_tests, jsoncodec
-from megatron_prorl.data.schema import DOMAINS, BadRow, Row
+from megatron_prorl.data.schema import BadRow, Row, check_domain
+from megatron_prorl.registry import Registry
 
 STRUCTURED_DOMAINS = ("code", "logic", "ifeval")
 
@@ -97,13 +98,14 @@ def _user_turn(messages: Any, key: str) -> str:
 
 def _prorl(rec: dict) -> Row:
     domain = _text(rec, "domain")
-    if domain not in DOMAINS:
-        raise BadRow(f"unknown domain {domain!r} (expected one of {', '.join(DOMAINS)})")
+    check_domain(domain)
     truth = _field(rec, "ground_truth")
     if domain in STRUCTURED_DOMAINS:
         truth = jsoncodec.decode(jsoncodec.parse_field(truth, "ground_truth"))
-    else:
+    elif isinstance(truth, str) or domain in ("math", "stem"):
         truth = _answer(truth, "ground_truth")
+    else:  # a user-registered domain's structured ground truth, as the file gives it
+        truth = jsoncodec.decode(truth)
     extra = jsoncodec.decode(jsoncodec.parse_field(rec.get("extra") or {}, "extra"))
     return Row(prompt=_text(rec, "prompt"), domain=domain, ground_truth=truth,
                source=str(rec.get("source") or ""), id=str(rec.get("id") or ""), extra=extra)
@@ -220,7 +222,7 @@ def _livecodebench(rec: dict) -> Row:
                id=str(rec.get("question_id") or ""), extra={"difficulty": rec.get("difficulty") or ""})
 
 
-FORMATS: dict[str, Format] = {f.name: f for f in (
+FORMATS: Registry[Format] = Registry("data format", {f.name: f for f in (
     Format("prorl", _prorl, None),
     Format("deepscaler", _deepscaler, "math"),
     Format("eurus2", _eurus2, None),
@@ -228,14 +230,14 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("llama_nemotron_if", _llama_nemotron_if, "ifeval"),
     Format("taco", _taco, "code"),
     Format("livecodebench", _livecodebench, "code"),
-)}
+)})
 
 
 def to_record(row: Row, *, json_strings: bool) -> dict:
     """The ``prorl`` record of ``row`` (inverse of its converter). ``json_strings``: store
     structured ground truths and ``extra`` as JSON strings, as Arrow/Parquet columns need."""
     truth = row.ground_truth
-    if row.domain in STRUCTURED_DOMAINS:
+    if row.domain in STRUCTURED_DOMAINS or not isinstance(truth, str):
         truth = jsoncodec.encode(truth)
         truth = json.dumps(truth) if json_strings else truth
     extra = jsoncodec.encode(row.extra)

@@ -17,29 +17,39 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from megatron_prorl.data.schema import Row
+from megatron_prorl.registry import Registry
 
-# Generator name -> the domain of every row it makes.
-GENERATOR_DOMAINS = {"arithmetic": "math", "reasoning_gym": "logic"}
+
+@dataclass(frozen=True)
+class Generator:
+    domain: str  # of every row it makes
+    make: Callable[[str, int, int, dict], list[Row]]  # (arg, size, seed, config) -> rows
 
 
 def is_generator(path: str) -> bool:
-    return path.partition(":")[0] in GENERATOR_DOMAINS and ":" in path
+    return ":" in path and path.partition(":")[0] in GENERATORS
+
+
+def domain_of(path: str) -> str:
+    """The domain of the rows the generator source ``path`` makes."""
+    return GENERATORS.get(path.partition(":")[0]).domain
 
 
 def generate(path: str, size: int, seed: int) -> list[Row]:
     """``size`` rows of the generator source ``path`` (see the module docstring)."""
     name, _, rest = path.partition(":")
     arg, _, query = rest.partition("?")
-    if name not in GENERATOR_DOMAINS:
-        raise ValueError(f"{path!r}: unknown generator {name!r} (known: {', '.join(GENERATOR_DOMAINS)})")
+    if name not in GENERATORS:
+        raise ValueError(f"{path!r}: unknown generator {name!r} (known: {', '.join(GENERATORS.names())})")
     if size < 1:
         raise ValueError(f"{path!r}: size must be >= 1, got {size}")
     config = {key: _value(value) for key, value in parse_qsl(query, keep_blank_values=True)}
-    return _GENERATORS[name](arg, size, seed, config)
+    return GENERATORS.get(name).make(arg, size, seed, config)
 
 
 def _value(text: str) -> Any:
@@ -83,6 +93,7 @@ def _reasoning_gym(task: str, size: int, seed: int, config: dict) -> list[Row]:
     return rows
 
 
-_GENERATORS: dict[str, Callable[[str, int, int, dict], list[Row]]] = {
-    "arithmetic": _arithmetic, "reasoning_gym": _reasoning_gym,
-}
+GENERATORS: Registry[Generator] = Registry("problem generator", {
+    "arithmetic": Generator("math", _arithmetic),
+    "reasoning_gym": Generator("logic", _reasoning_gym),
+})

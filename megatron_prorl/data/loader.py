@@ -69,13 +69,14 @@ def load_source(src: "DataSourceConfig", seed: int = 0, name: Optional[str] = No
     if not src.path:
         raise ValueError(f"data source {name!r}: empty path")
     if generators.is_generator(src.path):
-        domain = generators.GENERATOR_DOMAINS[src.path.partition(":")[0]]
+        domain = generators.domain_of(src.path)
         if src.domain and src.domain != domain:
             raise ValueError(f"data source {src.path!r} makes {domain} rows, but its domain is {src.domain!r}")
         return Source(name, src.path, src.weight, generators.generate(src.path, src.size, seed))
-    fmt = FORMATS.get(src.format)
-    if fmt is None:
-        raise ValueError(f"data source {src.path}: unknown format {src.format!r} (known: {', '.join(FORMATS)})")
+    try:
+        fmt = FORMATS.get(src.format)
+    except KeyError as exc:
+        raise ValueError(f"data source {src.path}: {exc}") from None
     if fmt.domain and src.domain and fmt.domain != src.domain:
         raise ValueError(f"data source {src.path}: format {fmt.name!r} gives {fmt.domain} rows, "
                          f"but the source's domain is {src.domain!r}")

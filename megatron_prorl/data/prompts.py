@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from megatron_prorl.data.schema import Row
 
+# Domain -> the instruction after each problem.
 INSTRUCTIONS = {
     "math": "Let's think step by step and output the final answer within \\boxed{}.",
     "stem": "Let's think step by step and output the final answer within \\boxed{}.",
@@ -31,7 +32,7 @@ INSTRUCTIONS = {
 
 def user_message(row: Row) -> str:
     """The user turn: the problem, then the domain's instruction on its own line."""
-    instruction = INSTRUCTIONS[row.domain]
+    instruction = INSTRUCTIONS.get(row.domain, "")  # a domain registered by a user has none
     return f"{row.prompt}\n{instruction}" if instruction else row.prompt
 
 

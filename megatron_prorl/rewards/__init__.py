@@ -6,7 +6,7 @@ the sandbox of :mod:`megatron_prorl.rewards.sandbox`.
 """
 
 from megatron_prorl.rewards.pool import RewardPool
-from megatron_prorl.rewards.registry import VERIFIERS, get_verifier, register_verifier, score, score_detailed
+from megatron_prorl.rewards.registry import VERIFIERS, register_verifier, score, score_detailed
 from megatron_prorl.rewards.result import CodeExecutionDisabled, GroundTruthError, RewardItem, RewardResult
 from megatron_prorl.rewards.sandbox import Sandbox, SandboxUnavailable
 
@@ -19,7 +19,6 @@ __all__ = [
     "Sandbox",
     "SandboxUnavailable",
     "VERIFIERS",
-    "get_verifier",
     "register_verifier",
     "score",
     "score_detailed",

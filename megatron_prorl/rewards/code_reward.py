@@ -24,12 +24,15 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from megatron_prorl.rewards.result import (CodeExecutionDisabled, GroundTruthError, RewardResult, format_failure,
                                            ground_truth_json)
 from megatron_prorl.rewards.sandbox import Limits, Sandbox
 from megatron_prorl.rewards.text import last_code_block
+
+if TYPE_CHECKING:
+    from megatron_prorl.config import RewardsConfig
 
 # Interpreter start-up and the harness around the tests, on top of the tests' own time budget.
 STARTUP_GRACE_S = 3.0
@@ -125,7 +128,7 @@ def sandbox_for(mode: str, python: str) -> Sandbox:
     return Sandbox(mode, python)
 
 
-def run_tests(code: str, tests: list[Test], cfg, sandbox: Optional[Sandbox] = None) -> dict:
+def run_tests(code: str, tests: list[Test], cfg: RewardsConfig, sandbox: Optional[Sandbox] = None) -> dict:
     """Run ``code`` against ``tests`` in one sandbox; the harness report (or a failure dict)."""
     total_s = float(cfg.code_timeout_s)
     caps = [max(OUTPUT_CAP, 2 * len(json.dumps(t.expected)) + 4096) for t in tests]
@@ -150,7 +153,7 @@ def run_tests(code: str, tests: list[Test], cfg, sandbox: Optional[Sandbox] = No
     return report if isinstance(report, dict) else {"status": "no_report"}
 
 
-def verify_code(answer: str, ground_truth: Any, cfg, sandbox: Optional[Sandbox] = None) -> RewardResult:
+def verify_code(answer: str, ground_truth: Any, cfg: RewardsConfig, sandbox: Optional[Sandbox] = None) -> RewardResult:
     if not cfg.allow_code_execution:
         raise CodeExecutionDisabled("rewards.allow_code_execution=false: refusing to run model-written code")
     tests = parse_tests(ground_truth)

@@ -19,9 +19,12 @@ import json
 import re
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure, ground_truth_json
+
+if TYPE_CHECKING:
+    from megatron_prorl.config import RewardsConfig
 
 CHECKS: dict[str, Callable[..., bool]] = {}
 
@@ -270,7 +273,7 @@ def _constraints(ground_truth: Any) -> list[tuple[str, dict]]:
     return out
 
 
-def verify_ifeval(answer: str, ground_truth: Any, cfg) -> RewardResult:
+def verify_ifeval(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardResult:
     constraints = _constraints(ground_truth)
     text = answer.strip()
     if not text:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure, ground_truth_json
 from megatron_prorl.rewards.text import answer_tag
+
+if TYPE_CHECKING:
+    from megatron_prorl.config import RewardsConfig
 
 
 @lru_cache(maxsize=None)
@@ -25,7 +28,7 @@ def scorer(task: str) -> Callable[[str, dict], float]:
         raise GroundTruthError(f"logic ground_truth: unknown Reasoning Gym task {task!r}") from exc
 
 
-def verify_logic(answer: str, ground_truth: Any, cfg) -> RewardResult:
+def verify_logic(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardResult:
     ground_truth = ground_truth_json(ground_truth, "logic")
     if not (isinstance(ground_truth, dict) and isinstance(ground_truth.get("task"), str)
             and isinstance(ground_truth.get("entry"), dict)):

@@ -14,10 +14,13 @@ from __future__ import annotations
 import re
 import threading
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
 from megatron_prorl.rewards.text import last_boxed
+
+if TYPE_CHECKING:
+    from megatron_prorl.config import RewardsConfig
 
 MATH_VERIFY_TIMEOUT_S = 5
 
@@ -77,7 +80,7 @@ def parse_gold(text: str) -> list:
     return parse_answer(text)
 
 
-def verify_math(answer: str, ground_truth: Any, cfg) -> RewardResult:
+def verify_math(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardResult:
     boxed = last_boxed(answer)
     if boxed is None:
         return format_failure("no \\boxed{} answer")

@@ -100,7 +100,7 @@ def _worker_main(conn: Connection, progress: Any, cfg_dict: dict, extra: dict, p
     warnings.filterwarnings("ignore", category=RuntimeWarning, message="code sandbox")
     cfg = RewardsConfig(**cfg_dict)
     for name, fn in extra.items():
-        registry.register_verifier(name, fn)
+        registry.register_verifier(name, fn, replace=True)
     info = None
     try:
         for domain in preload:
@@ -140,7 +140,8 @@ class RewardPool:
     Args:
         cfg: the rewards section of the config.
         num_workers: overrides ``cfg.num_workers`` (0/None there: one per usable core).
-        verifiers: extra domains (picklable functions, e.g. module-level) to register in workers.
+        verifiers: domains for this pool only (picklable functions, e.g. module-level), beside
+            the registry's (domains registered at run time reach the workers too).
         preload: domains whose verifiers each worker initialises before taking work.
     """
 
@@ -149,7 +150,7 @@ class RewardPool:
                  preload: Sequence[str] = DOMAINS_TO_PRELOAD):
         self.cfg = cfg or RewardsConfig()
         self.num_workers = num_workers or self.cfg.num_workers or len(os.sched_getaffinity(0))
-        self._extra = dict(verifiers or {})
+        self._extra = {**registry.VERIFIERS.added(), **(verifiers or {})}
         self._domains = set(registry.VERIFIERS) | set(self._extra)
         self._preload = tuple(d for d in preload if d in self._domains)
         # The sandbox is probed in the workers (a probe here would fork a possibly multi-threaded

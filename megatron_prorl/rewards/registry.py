@@ -11,38 +11,27 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from megatron_prorl.config import RewardsConfig
-from megatron_prorl.rewards.code_reward import verify_code
-from megatron_prorl.rewards.ifeval import verify_ifeval
-from megatron_prorl.rewards.logic_reward import verify_logic
-from megatron_prorl.rewards.math_reward import verify_math
+from megatron_prorl.registry import Registry
 from megatron_prorl.rewards.result import RewardResult, format_failure
-from megatron_prorl.rewards.stem_reward import verify_stem
 from megatron_prorl.rewards.text import answer_part
 
 Verifier = Callable[[str, Any, RewardsConfig], RewardResult]
 
-VERIFIERS: dict[str, Verifier] = {
-    "math": verify_math,
-    "code": verify_code,
-    "stem": verify_stem,
-    "logic": verify_logic,
-    "ifeval": verify_ifeval,
-}
-
+# Domain -> verifier. A domain registered here is valid in data rows and configs too.
+VERIFIERS: Registry[Verifier] = Registry("reward domain", {
+    "math": "megatron_prorl.rewards.math_reward:verify_math",
+    "code": "megatron_prorl.rewards.code_reward:verify_code",
+    "stem": "megatron_prorl.rewards.stem_reward:verify_stem",
+    "logic": "megatron_prorl.rewards.logic_reward:verify_logic",
+    "ifeval": "megatron_prorl.rewards.ifeval:verify_ifeval",
+})
 _DEFAULT_CFG = RewardsConfig()
 
 
-def register_verifier(domain: str, fn: Verifier) -> None:
-    """Add (or replace) a domain. For a RewardPool, pass it as ``RewardPool(verifiers=...)`` too:
-    worker processes do not see registrations made after they start."""
-    VERIFIERS[domain] = fn
-
-
-def get_verifier(domain: str) -> Verifier:
-    try:
-        return VERIFIERS[domain]
-    except KeyError:
-        raise ValueError(f"unknown reward domain {domain!r}; known: {sorted(VERIFIERS)}") from None
+def register_verifier(domain: str, fn: Verifier, *, replace: bool = False) -> Verifier:
+    """Add a domain (``replace=True`` to replace one). A module-level (picklable) function also
+    reaches RewardPool workers started afterwards."""
+    return VERIFIERS.register(domain, fn, replace=replace)
 
 
 def score_detailed(domain: str, response: str, ground_truth: Any, *, finished: bool = True,
@@ -51,7 +40,7 @@ def score_detailed(domain: str, response: str, ground_truth: Any, *, finished: b
 
     Format failures give reward 0 and a reason; a malformed ground truth or an unknown domain
     raises (a data bug must not silently become zero rewards)."""
-    verifier = get_verifier(domain)
+    verifier = VERIFIERS.get(domain)
     if not finished:
         return RewardResult(0.0, "truncated", truncated=True)
     if not isinstance(response, str):

@@ -9,11 +9,14 @@ for multiple choice, "answer is (C)" / "Answer: C" is accepted when nothing is b
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from megatron_prorl.rewards.math_reward import answers_match, parse_gold
 from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
 from megatron_prorl.rewards.text import last_boxed
+
+if TYPE_CHECKING:
+    from megatron_prorl.config import RewardsConfig
 
 _WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\{([^{}]*)\}")
 _LETTER = re.compile(r"^\(?([A-Za-z])\)?(?:$|[.):\s])")
@@ -44,7 +47,7 @@ def _plain(text: str) -> str:
     return re.sub(r"[\s.,;:!'\"`]+", "", _unwrap(text)).lower()
 
 
-def verify_stem(answer: str, ground_truth: Any, cfg) -> RewardResult:
+def verify_stem(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardResult:
     if not isinstance(ground_truth, str) or not ground_truth.strip():
         raise GroundTruthError(f"stem ground_truth must be a non-empty string, got {ground_truth!r:.200}")
     boxed = last_boxed(answer)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from megatron_prorl.algo import UnknownNameError, kl_penalty
+from megatron_prorl.algo import kl_penalty
+from megatron_prorl.registry import UnknownNameError
 
 F64 = torch.float64
 LOGP = torch.tensor([-1.0, -2.0, -0.5], dtype=F64)

@@ -1,11 +1,10 @@
-"""Registries: adding estimators by name, errors on unknown and duplicate names, config checks."""
+"""The algorithm registries: user estimators by name, the built-ins listed on unknown names,
+config checks (the Registry type itself: tests/test_registry.py)."""
 
 import pytest
 import torch
 
 from megatron_prorl.algo import (
-    Registry,
-    UnknownNameError,
     get_advantage,
     kl_penalty,
     policy_loss,
@@ -14,24 +13,6 @@ from megatron_prorl.algo import (
     register_policy_loss,
 )
 from megatron_prorl.config import ConfigError, load_config
-
-
-def test_registry_add_get_and_errors():
-    reg = Registry("widget")
-
-    @reg.register("a")
-    def a():
-        return 1
-
-    assert reg.get("a") is a and "a" in reg and reg.names() == ("a",)
-    with pytest.raises(ValueError, match="already registered"):
-        reg.register("a")(lambda: 2)
-    with pytest.raises(ValueError, match="non-empty"):
-        reg.register("")
-    with pytest.raises(UnknownNameError) as err:
-        reg.get("b")
-    assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
-    assert str(err.value) == "unknown widget 'b'; known: a"
 
 
 def test_builtin_names_are_listed_on_unknown():

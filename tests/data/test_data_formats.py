@@ -165,7 +165,7 @@ def test_bad_row_warnings_are_capped(tmp_path):
 
 
 def test_source_errors(fixtures, tmp_path):
-    with pytest.raises(ValueError, match="unknown format 'nope'"):
+    with pytest.raises(ValueError, match="taco.jsonl: unknown data format 'nope'; known: .*deepscaler"):
         load(fixtures / "taco.jsonl", format="nope")
     with pytest.raises(ValueError, match="gives math rows, but the source's domain is 'code'"):
         load(fixtures / "deepscaler.json", format="deepscaler", domain="code")
