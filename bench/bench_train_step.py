@@ -21,11 +21,11 @@ MODEL = dict(model_type="qwen2", hidden_size=384, intermediate_size=1024, num_hi
 
 def _layout_run(tp: int, pp: int, seqs: int, seq_len: int, steps: int) -> dict:
     import megatron_prorl.actor as actor_mod
+    from checkpoint_convert.arch import hf_arch
     from megatron_prorl.actor import PolicyActor
     from megatron_prorl.batch import from_sequences
     from megatron_prorl.config import ProRLConfig
     from megatron_prorl.distributed import init_distributed, shutdown_distributed
-    from megatron_prorl.models.builder import hf_arch
 
     cfg = ProRLConfig()
     cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
@@ -52,13 +52,13 @@ def _layout_run(tp: int, pp: int, seqs: int, seq_len: int, steps: int) -> dict:
     prompts = [torch.randint(0, arch.vocab_size, (prompt_len,), generator=g).tolist() for _ in range(seqs)]
     responses = [torch.randint(0, arch.vocab_size, (seq_len - prompt_len,), generator=g).tolist() for _ in range(seqs)]
     batch = from_sequences(prompts, responses, torch.randn(seqs, generator=g))
-    batch.old_logprobs, _ = actor.forward_logprobs(batch)
+    batch.old_logprobs, _ = actor.forward_logprobs(batch, cfg.rollout.temperature)
     batch.ref_logprobs = batch.old_logprobs
-    actor.update(batch)  # warm-up
+    actor.update(batch, cfg.rollout.temperature, cfg.algo.kl_beta)  # warm-up
     inside[0] = 0.0
     t0 = time.perf_counter()
     for _ in range(steps):
-        actor.update(batch)
+        actor.update(batch, cfg.rollout.temperature, cfg.algo.kl_beta)
     total = time.perf_counter() - t0
     shutdown_distributed()
     return {"params": n_params, "total": total, "inside": inside[0], "tokens": seqs * seq_len * steps}

@@ -3,7 +3,8 @@
 One ``PolicyActor`` per rank. Policy and reference share the parallel layout (same TP x PP
 shards), so a reference reset is a local copy. Every rank of a data-parallel replica holds the
 same ``TrainBatch`` (its share of the rollouts); log-probs live on the last pipeline stage, and
-metrics are broadcast so every rank returns the same numbers.
+metrics are broadcast so every rank returns the same numbers. The settings a training stage
+changes (temperature, KL coefficient) come with each call; the config is only read.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ class PolicyActor:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
         self.cfg, self.arch = cfg, arch
-        self.temperature = cfg.rollout.temperature
         self.state = ActorState()
         tp = cfg.parallel.tensor_model_parallel_size
         self._vocab_start = ps.get_tensor_model_parallel_rank() * padded_vocab_size(arch.vocab_size, tp) // tp
@@ -101,20 +101,20 @@ class PolicyActor:
         return self.policy.module
 
     # ------------------------------------------------------------------------ log-probs
-    def _loss_inputs(self, mb: dict, logits: torch.Tensor):
+    def _loss_inputs(self, mb: dict, logits: torch.Tensor, temperature: float):
         return vocab_parallel_logprobs(
             logits[:, :-1], mb["input_ids"][:, 1:], self._vocab_start, self.arch.vocab_size,
-            self.temperature, with_entropy=True)
+            temperature, with_entropy=True)
 
-    def forward_logprobs(self, batch: TrainBatch, model: str = "policy"):
-        """(log-probs, entropy), each [N, S-1] at the rollout temperature, on the last pipeline
-        stage; (None, None) on the others."""
+    def forward_logprobs(self, batch: TrainBatch, temperature: float, model: str = "policy"):
+        """(log-probs, entropy), each [N, S-1] at the rollout ``temperature``, on the last
+        pipeline stage; (None, None) on the others."""
         if model not in ("policy", "reference"):
             raise ValueError(f"model={model!r}: expected 'policy' or 'reference'")
         zero = torch.zeros(())
 
         def loss_fn(mb, logits):
-            logprobs, entropy = self._loss_inputs(mb, logits)
+            logprobs, entropy = self._loss_inputs(mb, logits, temperature)
             return zero, {"logprobs": logprobs, "entropy": entropy}
 
         net = self.policy if model == "policy" else self.reference
@@ -128,21 +128,21 @@ class PolicyActor:
         return tuple(torch.cat([o[k] for o in out])[: len(batch)] for k in ("logprobs", "entropy"))
 
     # --------------------------------------------------------------------------- update
-    def update(self, batch: TrainBatch) -> dict[str, float]:
+    def update(self, batch: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
         """Mini-batch updates over this rank's batch: prompts_per_step / prompts_per_mini_batch
         optimizer steps. ``batch.old_logprobs`` must be set (the policy's own, before this call);
-        ``ref_logprobs`` when KL is on. Returns metrics averaged over the mini-batches."""
+        ``ref_logprobs`` when ``kl_beta`` > 0. Returns metrics averaged over the mini-batches."""
         if batch.old_logprobs is None and self._is_last_stage:
             raise ValueError("TrainBatch.old_logprobs is None: compute them with forward_logprobs first")
         b = self.cfg.batch
         num_updates = b.prompts_per_step // b.prompts_per_mini_batch
-        per_update = [self._update_mini_batch(batch.select(idx))
+        per_update = [self._update_mini_batch(batch.select(idx), temperature, kl_beta)
                       for idx in torch.arange(len(batch)).tensor_split(num_updates)]
         return {k: sum(m[k] for m in per_update) / len(per_update) for k in per_update[0]}
 
-    def _update_mini_batch(self, mb: TrainBatch) -> dict[str, float]:
+    def _update_mini_batch(self, mb: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
         o = self.cfg.optim
-        metrics = self.forward_backward(mb)
+        metrics = self.forward_backward(mb, temperature, kl_beta)
         if not (self._all_finite(metrics) and self._grads_finite()):
             self.state.consecutive_nonfinite += 1
             self.state.skipped_updates += 1
@@ -164,7 +164,7 @@ class PolicyActor:
         self.state.consecutive_nonfinite = 0
         return {**metrics, "grad_norm": float(grad_norm), "lr": lr, "update_skipped": 0.0}
 
-    def forward_backward(self, mb: TrainBatch) -> dict[str, float]:
+    def forward_backward(self, mb: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
         """Loss and gradients of one mini-batch (grads left in the DDP buffers, reduced over DP);
         returns the loss metrics, identical on every rank."""
         a = self.cfg.algo
@@ -173,14 +173,14 @@ class PolicyActor:
         num_tokens, num_seqs = counts[0].clamp(min=1), counts[1].clamp(min=1)
 
         def loss_fn(m, logits):
-            logprobs, entropy = self._loss_inputs(m, logits)
+            logprobs, entropy = self._loss_inputs(m, logits, temperature)
             weights = None
             if a.tis_cap is not None and m.get("engine_logprobs") is not None:
                 weights = tis_weights(logprobs, m["engine_logprobs"], a.tis_cap)
             return total_loss(
                 logprobs, m["old_logprobs"], m["advantages"], m["loss_mask"],
                 ref_logprobs=m.get("ref_logprobs"), entropy=entropy if a.entropy_coef else entropy.detach(),
-                kl_beta=a.kl_beta, kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef,
+                kl_beta=kl_beta, kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef,
                 policy_loss_kind=a.policy_loss, eps_low=a.eps_low, eps_high=a.eps_high, agg=a.loss_agg,
                 tis_weights=weights, num_tokens=num_tokens, num_seqs=num_seqs)
 

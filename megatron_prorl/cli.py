@@ -16,18 +16,16 @@ import logging
 import os
 import sys
 
+from checkpoint_convert.errors import ConversionError
 from megatron_prorl.config import ConfigError, load_config
 
 
-def _under_launcher() -> bool:
-    return "RANK" in os.environ or "SLURM_PROCID" in os.environ
-
-
 def _train_rank(config_path: str, overrides: list[str]) -> dict:
+    from megatron_prorl.distributed import detect_env
     from megatron_prorl.trainer import Trainer
 
     cfg = load_config(config_path, overrides)
-    rank0 = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
+    rank0 = detect_env().rank == 0
     logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lists every parameter
@@ -51,16 +49,18 @@ def _print_summary(summary: dict, run_dir: str) -> None:
 
 
 def train(args) -> int:
+    from megatron_prorl.distributed import detect_env, under_launcher
+
     cfg = load_config(args.config, args.overrides)  # fail fast, before any process starts
     mp = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
     nproc = args.nproc or mp
-    if _under_launcher() or nproc == 1:
+    if under_launcher() or nproc == 1:
         summary = _train_rank(args.config, args.overrides)
     else:
         from megatron_prorl.launch import spawn
 
         summary = spawn(_train_rank, nproc, args.config, args.overrides, timeout=None)[0]
-    if int(os.environ.get("RANK", 0)) == 0:
+    if detect_env().rank == 0:  # under srun or torchrun every rank returns here
         _print_summary(summary, cfg.trainer.output_dir)
         with open(os.path.join(cfg.trainer.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, ConversionError, FileNotFoundError) as exc:
         print(f"prorl: error: {exc}", file=sys.stderr)
         return 2
 

@@ -117,7 +117,8 @@ class BatchConfig:
 
 @dataclass
 class RolloutConfig:
-    # "transformers" (CPU, and GPU fallback) or "tensorrt_llm" (GPU).
+    # A name in megatron_prorl.rollout.ENGINES: "transformers" (CPU, and GPU fallback) or
+    # "tensorrt_llm" (GPU).
     engine: str = "transformers"
     n: int = 16
     temperature: float = 1.2
@@ -127,7 +128,8 @@ class RolloutConfig:
     # TensorRT-LLM weight refresh: "refit" (in place) or "rebuild" (from an exported dir).
     refresh: str = "refit"
     engine_tensor_parallel_size: int = 1
-    # Release engine memory during training (colocated GPU runs).
+    # Put the engine to sleep (release its accelerator memory) for the update, and wake it for
+    # the weight sync and the next generation (colocated GPU runs).
     sleep_during_training: bool = True
     # Weight-sync bucket size in MB.
     sync_bucket_mb: int = 512
@@ -136,19 +138,19 @@ class RolloutConfig:
     sync_transport: str = "auto"
     # transformers engine: most rows (prompts x n) generated at once; null: all of them.
     engine_max_batch_size: Optional[int] = None
-    seed: int = 0
 
 
 @dataclass
 class DataSourceConfig:
-    # One of: math, code, stem, logic, ifeval; "" takes the domain the format or generator
-    # gives. For files whose rows span domains (prorl, eurus2) it keeps that domain's rows only.
+    # A domain with a verifier (math, code, stem, logic, ifeval, or one registered in
+    # megatron_prorl.rewards.VERIFIERS); "" takes the domain the format or generator gives.
+    # For files whose rows span domains (prorl, eurus2) it keeps that domain's rows only.
     domain: str = ""
     # A local JSONL/JSON/Parquet file or a saved `datasets` directory, or a generator:
     # "reasoning_gym:TASK[?config]" or "arithmetic:add" (megatron_prorl/data/generators.py).
     path: str = ""
     # Format of the file: "prorl" (our row schema) or a public format converter name
-    # (megatron_prorl/data/formats.py).
+    # (megatron_prorl.data.FORMATS).
     format: str = "prorl"
     weight: float = 1.0
     # For generator sources: how many problems to generate.
@@ -309,14 +311,17 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
 def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Optional[int] = None) -> None:
     """Semantic checks. Model-shape checks run when ``hf_config`` (config.json) is given,
     data-parallel checks when ``world_size`` is."""
+    from checkpoint_convert import dtypes
+    from megatron_prorl.rollout.base import ENGINES, check_sampling  # late: keeps config import light
+
     m, p, a, b, r = cfg.model, cfg.parallel, cfg.algo, cfg.batch, cfg.rollout
-    _choice("model.dtype", m.dtype, ("auto", "fp32", "bf16", "fp16"))
+    _choice("model.dtype", m.dtype, ("auto", *dtypes.NAMES))
     _choice("model.transformer_impl", m.transformer_impl, ("auto", "local", "transformer_engine"))
     _choice("model.fp8", m.fp8, (None, "e4m3", "hybrid"))
     _choice("model.fp8_recipe", m.fp8_recipe, ("delayed", "tensorwise", "mxfp8", "blockwise"))
     _choice("parallel.backend", p.backend, ("auto", "nccl", "gloo"))
     _choice("optim.lr_schedule", cfg.optim.lr_schedule, ("constant", "warmup_constant"))
-    _choice("rollout.engine", r.engine, ("transformers", "tensorrt_llm"))
+    _choice("rollout.engine", r.engine, ENGINES.names())
     _choice("rollout.refresh", r.refresh, ("refit", "rebuild"))
     _choice("rollout.sync_transport", r.sync_transport, ("auto", "collective", "shared_memory"))
     _choice("rewards.sandbox", cfg.rewards.sandbox, ("auto", "bwrap", "rlimit"))
@@ -327,8 +332,7 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
                        ("parallel.pipeline_model_parallel_size", p.pipeline_model_parallel_size),
                        ("batch.prompts_per_step", b.prompts_per_step),
                        ("batch.prompts_per_mini_batch", b.prompts_per_mini_batch),
-                       ("batch.micro_batch_size", b.micro_batch_size),
-                       ("rollout.n", r.n)):
+                       ("batch.micro_batch_size", b.micro_batch_size)):
         if value < 1:
             raise ConfigError(f"{key}={value}: must be >= 1")
     if not (0 <= a.eps_low < 1 and a.eps_high >= 0):
@@ -345,10 +349,12 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
             raise ConfigError(f"{key}={value}: must be > 0 (or null for off)")
     if a.max_sampling_rounds < 1:
         raise ConfigError(f"algo.max_sampling_rounds={a.max_sampling_rounds}: must be >= 1")
-    if r.temperature <= 0:
-        raise ConfigError(f"rollout.temperature={r.temperature}: must be > 0")
-    if not 0 < r.top_p <= 1:
-        raise ConfigError(f"rollout.top_p={r.top_p}: must be in (0, 1]")
+    try:
+        check_sampling(n=("rollout.n", r.n), temperature=("rollout.temperature", r.temperature),
+                       top_p=("rollout.top_p", r.top_p),
+                       max_new_tokens=("rollout.max_response_length", r.max_response_length))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if r.engine_max_batch_size is not None and r.engine_max_batch_size < 1:
         raise ConfigError(f"rollout.engine_max_batch_size={r.engine_max_batch_size}: must be >= 1 (or null)")
     _validate_data(cfg.data)
@@ -374,13 +380,16 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
             raise ConfigError(
                 f"world size {world_size} is not divisible by tensor_model_parallel_size x "
                 f"pipeline_model_parallel_size = {mp}")
+        if b.prompts_per_step % (world_size // mp):
+            raise ConfigError(f"batch.prompts_per_step={b.prompts_per_step} is not divisible by the "
+                              f"data-parallel size {world_size // mp} (world size {world_size} / {mp})")
     if hf_config is not None:
         _validate_model_shape(cfg, hf_config)
 
 
 def _validate_data(d: DataConfig) -> None:
     from megatron_prorl.data.formats import FORMATS  # late: keeps config import light
-    from megatron_prorl.data.schema import DOMAINS
+    from megatron_prorl.data.schema import domains
 
     _choice("data.overlong_prompts", d.overlong_prompts, ("drop", "truncate"))
     for split in ("train", "val"):
@@ -388,8 +397,8 @@ def _validate_data(d: DataConfig) -> None:
             key = f"data.{split}[{i}]"
             if not src.path:
                 raise ConfigError(f"{key}.path is empty")
-            _choice(f"{key}.domain", src.domain, ("", *DOMAINS))
-            _choice(f"{key}.format", src.format, tuple(FORMATS))
+            _choice(f"{key}.domain", src.domain, ("", *domains()))
+            _choice(f"{key}.format", src.format, FORMATS.names())
             if src.weight < 0 or src.size < 1:
                 raise ConfigError(f"{key}: need weight >= 0 and size >= 1, got weight={src.weight}, size={src.size}")
 

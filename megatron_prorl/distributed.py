@@ -11,13 +11,13 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
 from megatron_prorl import cpu_backend
-from megatron_prorl.config import ConfigError, ParallelConfig
+from megatron_prorl.config import ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ def first_slurm_host(nodelist: str) -> str:
 def slurm_port(job_id: str) -> int:
     """A port every task of a job derives alike, spread so concurrent jobs on a node differ."""
     return 20000 + int(re.sub(r"\D", "", job_id) or 0) % 20000
+
+
+def under_launcher(environ: Mapping[str, str] = os.environ) -> bool:
+    """Started by torchrun (or a launcher setting its variables) or by Slurm."""
+    return ("RANK" in environ and "WORLD_SIZE" in environ) or ("SLURM_PROCID" in environ and "SLURM_NTASKS" in environ)
 
 
 def detect_env(environ: Mapping[str, str] = os.environ) -> DistEnv:
@@ -72,6 +77,8 @@ def resolve_backend(parallel: ParallelConfig) -> str:
 
 def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, seed: int = 1234) -> DistEnv:
     """Initialise torch.distributed and Megatron's parallel state from the config."""
+
+
     env = env or detect_env()
     backend = resolve_backend(parallel)
     if backend == "gloo":
@@ -80,11 +87,6 @@ def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, se
         torch.cuda.set_device(env.local_rank)
     from megatron.core import parallel_state, tensor_parallel
 
-    mp = parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size
-    if env.world_size % mp:
-        raise ConfigError(
-            f"world size {env.world_size} is not divisible by tensor_model_parallel_size x "
-            f"pipeline_model_parallel_size = {mp}")
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
                                 rank=env.rank, world_size=env.world_size)
@@ -93,6 +95,24 @@ def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, se
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return env
+
+
+def all_sum(values: Sequence[float]) -> list[float]:
+    """Element-wise sums of python numbers over every rank (the values themselves outside
+    torch.distributed)."""
+    return _all_reduce(values, "SUM")
+
+
+def all_max(values: Sequence[float]) -> list[float]:
+    """Element-wise maxima of python numbers over every rank."""
+    return _all_reduce(values, "MAX")
+
+
+def _all_reduce(values: Sequence[float], op: str) -> list[float]:
+    t = torch.tensor(list(values), dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+    return t.tolist()
 
 
 def shutdown_distributed() -> None:

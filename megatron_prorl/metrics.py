@@ -32,7 +32,9 @@ Schema of metric names (kind "train")::
     dynamic_sampling/rounds               generation rounds to fill the batch
     logprob_diff/mean, logprob_diff/max   |engine log-prob - trainer log-prob| per token
     grad_norm, lr
-    time/generation, time/reward, time/reference, time/training, time/sync, time/step  (s)
+    time/generation, time/reward, time/sleep, time/reference, time/training, time/wake, time/sync,
+    time/step  (s; sleep/wake: the engine releasing and restoring its memory around the update)
+    data/epochs/<source>                  passes made over each training source so far
     tokens_per_s                          generated tokens per second of step time
     sync/gb_per_s                         trainer -> engine weight transfer bandwidth
 

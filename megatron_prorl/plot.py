@@ -83,8 +83,8 @@ KL = Panel("KL to reference", "KL estimate", ("kl",), zero_based=True)
 LENGTH = Panel("Response length", "tokens", ("response_length/mean", "response_length/max"), zero_based=True)
 TRUNCATION = Panel("Truncated responses", "fraction of responses", ("response_length/truncated_frac",),
                    zero_based=True)
-TIME = Panel("Time per step", "seconds", ("time/generation", "time/reward", "time/reference", "time/training",
-                                          "time/sync"), style="stack", total="time/step")
+TIME = Panel("Time per step", "seconds", ("time/generation", "time/reward", "time/sleep", "time/reference",
+                                          "time/training", "time/wake", "time/sync"), style="stack", total="time/step")
 THROUGHPUT = Panel("Throughput", "tokens / s", ("tokens_per_s",), zero_based=True)
 CLIP = Panel("Clipped tokens", "fraction of tokens", ("clip_frac_low", "clip_frac_high"), zero_based=True)
 RATIO = Panel("Importance ratio", "pi / pi_old", ("ratio_mean", "ratio_max"))

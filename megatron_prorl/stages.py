@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_prorl.config import ConfigError, ProRLConfig
+from megatron_prorl.rollout.base import check_sampling
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,14 @@ def resolve_stages(cfg: ProRLConfig) -> list[Stage]:
             no_eos_penalty=s.no_eos_penalty))
         first += s.steps
     for st in stages:
+        key = f"trainer.stages[{st.index}] ({st.name!r})"
+        try:
+            check_sampling(n=(f"{key}: n", st.n), temperature=(f"{key}: temperature", st.temperature),
+                           max_new_tokens=(f"{key}: max_response_length", st.max_response_length))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if st.n < 2:
-            raise ConfigError(f"stage {st.name!r}: n={st.n}: GRPO needs at least 2 responses per prompt")
+            raise ConfigError(f"{key}: n={st.n}: GRPO needs at least 2 responses per prompt")
     return stages
 
 

@@ -8,7 +8,10 @@ Roles of the ranks: each data-parallel replica (a TP x PP group of ranks) has on
 its model-parallel rank 0, which owns the rollout engine and the reward pool and generates that
 replica's share of the prompts. Every rank holds the same prompt sampler (same seed), so all
 ranks agree on the prompts without communication; the engine rank broadcasts its finished groups
-to the rest of its replica, and weight export gathers each replica's shards back to its engine.
+to the rest of its replica, and the weight sync gathers each replica's shards back to its engine.
+
+The config is read, never changed: what a training stage sets (n, temperature, lengths, KL
+coefficient, data mix) is computed from the step (:mod:`megatron_prorl.stages`) and passed on.
 """
 
 from __future__ import annotations
@@ -24,16 +27,15 @@ import torch
 import torch.distributed as dist
 
 from megatron_prorl import checkpoint as ckpt
-from megatron_prorl.actor import PolicyActor
-from megatron_prorl.algo import dynamic_sampling_mask
+from megatron_prorl.actor import ActorState, PolicyActor, ResetRecord
+from megatron_prorl.algo import fill
 from megatron_prorl.algo.reset import ResetTrigger
 from megatron_prorl.config import ProRLConfig, to_yaml, validate
 from megatron_prorl.data import MixedSampler, domain_mix_weights, encode_prompt, load_data
-from megatron_prorl.distributed import init_distributed
-from megatron_prorl.experience import (Group, generate_groups, group_stats, max_response_length, rewards_tensor,
-                                       to_train_batch)
+from megatron_prorl.distributed import all_max, all_sum, detect_env, init_distributed
+from megatron_prorl.experience import Group, generate_groups, group_stats, max_response_length, to_train_batch
 from megatron_prorl.metrics import MetricsLogger
-from megatron_prorl.models.builder import hf_arch, load_hf_config, resolve_dtype, resolve_hf_dir
+from megatron_prorl.models.builder import resolve_dtype, resolve_hf_dir
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
 from megatron_prorl.stages import Stage, resolve_stages, stage_of, total_steps
 
@@ -54,24 +56,9 @@ def _seed(*parts: int) -> int:
     return h
 
 
-def _all_reduce(values: list[float], op) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=op)
-    return t.tolist()
-
-
-def _all_max(values: list[float]) -> list[float]:
-    return _all_reduce(values, dist.ReduceOp.MAX)
-
-
-def _all_sum(values: list[float]) -> list[float]:
-    return _all_reduce(values, dist.ReduceOp.SUM)
-
-
 def reduce_stats(stats: dict[str, tuple[float, float]], names: Sequence[str]) -> dict[str, float]:
     """Sum (sum, count) pairs over all ranks (ranks without data pass zeros) into means."""
-    totals = _all_sum([v for n in names for v in stats.get(n, (0.0, 0.0))])
+    totals = all_sum([v for n in names for v in stats.get(n, (0.0, 0.0))])
     return {n: (s / c if c > 0 else float("nan")) for n, s, c in zip(names, totals[::2], totals[1::2])}
 
 
@@ -88,74 +75,94 @@ class _StopFlag:
         log.warning("received %s: will checkpoint after this step and exit", signal.Signals(signum).name)
 
     def agreed(self) -> bool:
-        return bool(_all_max([float(self.requested)])[0])
+        return bool(all_max([float(self.requested)])[0])
 
 
 class Trainer:
     def __init__(self, cfg: ProRLConfig):
-        from transformers import AutoTokenizer
-
-        from checkpoint_convert import load_hf_weights, load_model_checkpoint
-        from checkpoint_convert.model_weights import weight_sync_source
-        from megatron_prorl.rewards import RewardPool
-
         self.cfg = cfg
-        self.env = init_distributed(cfg.parallel, seed=cfg.model.init_seed)
+        self._start_distributed()
+        self._load_data()
+        self.actor = PolicyActor(cfg, self.arch)
+        self._restore_or_initialise()
+        self._start_rollout()
+        self._open_run_dir()
+
+    # ------------------------------------------------------------------------ set-up
+    def _start_distributed(self) -> None:
+        """Check the layout against the model before starting the process group; roles."""
+        from checkpoint_convert.arch import hf_arch, read_hf_config
+
+        cfg = self.cfg
+        self.hf_dir = resolve_hf_dir(cfg.model.hf_dir)
+        self.hf_config = read_hf_config(self.hf_dir)
+        self.arch = hf_arch(self.hf_config, source=str(self.hf_dir / "config.json"))
+        validate(cfg, self.hf_config, world_size=detect_env().world_size)
+        init_distributed(cfg.parallel, seed=cfg.model.init_seed)
         ps = _ps()
         self.rank = dist.get_rank()
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.is_engine_rank = dist.get_rank(ps.get_model_parallel_group()) == 0
         self.is_last_stage_tp0 = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
-        self.hf_dir = resolve_hf_dir(cfg.model.hf_dir)
-        hf_config = load_hf_config(cfg.model.hf_dir)
-        validate(cfg, hf_config, world_size=dist.get_world_size())
-        self.arch = hf_arch(hf_config, source=str(self.hf_dir / "config.json"))
         self.stages = resolve_stages(cfg)
         self.total_steps = total_steps(self.stages)
-        if cfg.batch.prompts_per_step % self.dp_size:
-            raise ValueError(f"batch.prompts_per_step={cfg.batch.prompts_per_step} is not divisible by the "
-                             f"data-parallel size {self.dp_size}")
 
+    def _load_data(self) -> None:
+        from transformers import AutoTokenizer
+
+        cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.hf_dir))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.data = load_data(cfg.data, self.tokenizer, cfg.rollout.max_prompt_length)
         self.domains = sorted({r.domain for s in self.data.train + self.data.val for r in s.rows})
         self.sampler = MixedSampler(self.data.pools(), self.data.weights(), seed=cfg.data.seed)
-        self.trigger = ResetTrigger(cfg.reset)
 
-        self.actor = PolicyActor(cfg, self.arch)
+    def _restore_or_initialise(self) -> None:
+        """Resume a trainer checkpoint, else start from a converted checkpoint or the HF weights."""
+        from checkpoint_convert import load_hf_weights, load_model_checkpoint
+
+        cfg = self.cfg
         self.out = Path(cfg.trainer.output_dir)
         self.ckpts = ckpt.CheckpointManager(self.out / "checkpoints", cfg.checkpoint.keep_last)
+        self.trigger = ResetTrigger(cfg.reset)
         self.step = 0
         self.stage_index = -1
         self.history: list[dict] = []  # validation results, for the final summary
         resume = self.ckpts.latest() or (Path(cfg.checkpoint.load) if cfg.checkpoint.load else None)
         if resume is not None and (resume / "trainer_state.json").is_file():
             self._load(resume)  # a trainer checkpoint: continue where it stopped
-        else:
-            if resume is not None:  # a converted model (prorl-convert hf-to-megatron): start from it
-                load_model_checkpoint(self.actor.policy_module, resume)
-            elif cfg.model.load_weights:
-                load_hf_weights(self.actor.policy_module, self.arch, str(self.hf_dir))
-            self.actor.sync_reference()
+            return
+        if resume is not None:  # a converted model (prorl-convert hf-to-megatron): start from it
+            load_model_checkpoint(self.actor.policy_module, resume)
+        elif cfg.model.load_weights:
+            load_hf_weights(self.actor.policy_module, self.arch, self.hf_dir)
+        self.actor.sync_reference()
 
+    def _start_rollout(self) -> None:
+        """The engine and the reward pool on engine ranks; the weight sync everywhere, run once."""
+        from megatron_prorl.rewards import RewardPool
+        from megatron_prorl.weight_sync import WeightSync
+
+        cfg = self.cfg
         self.engine = self.pool = None
         if self.is_engine_rank:
             device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-            eos = self.tokenizer.eos_token_id
             self.engine = build_engine_from_config(
-                cfg.rollout, hf_config=hf_config, hf_dir=str(self.hf_dir), eos_token_ids=[eos],
-                pad_token_id=self.pad_id, device=device, dtype=resolve_dtype(cfg.model))
+                cfg.rollout, hf_config=self.hf_config, hf_dir=str(self.hf_dir),
+                eos_token_ids=[self.tokenizer.eos_token_id], pad_token_id=self.pad_id, device=device,
+                dtype=resolve_dtype(cfg.model))
             self.pool = RewardPool(cfg.rewards)
-        self.sync_source = weight_sync_source(self.actor.policy_module, self.arch, cfg.rollout.sync_bucket_mb << 20,
-                                              cfg.rollout.sync_transport)
-        self._sync_weights()
-        self.logger = MetricsLogger(self.out, cfg.logging, self.total_steps, enabled=self.rank == 0,
+        self.weight_sync = WeightSync(self.actor.policy_module, self.arch, self.engine,
+                                      cfg.rollout.sync_bucket_mb << 20, cfg.rollout.sync_transport)
+        self.weight_sync()
+
+    def _open_run_dir(self) -> None:
+        self.logger = MetricsLogger(self.out, self.cfg.logging, self.total_steps, enabled=self.rank == 0,
                                     resume_step=self.step)
         self.stop = _StopFlag()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(to_yaml(cfg))
+            (self.out / "config.yaml").write_text(to_yaml(self.cfg))
             log.info("data:\n%s", self.data.summary())
 
     # ------------------------------------------------------------------------ the loop
@@ -188,8 +195,6 @@ class Trainer:
 
     def _enter_stage(self, stage: Stage, step: int) -> None:
         self.stage_index = stage.index
-        self.actor.temperature = stage.temperature
-        self.actor.cfg.algo.kl_beta = stage.kl_beta
         if stage.data_mix:
             self.sampler.set_weights(domain_mix_weights(self.data.pools(), self.data.weights(), stage.data_mix))
         self.logger.log_event(step, f"stage {stage.name}: n={stage.n} T={stage.temperature} "
@@ -205,77 +210,83 @@ class Trainer:
     def train_step(self, step: int, stage: Stage) -> dict:
         cfg = self.cfg
         t_step = time.perf_counter()
-        groups, info = self._collect(step, stage)
-        metrics = dict(info)
-
-        t0 = time.perf_counter()
+        groups, metrics = self._collect(step, stage)
+        timings = {"time/sleep": 0.0, "time/reference": 0.0, "time/training": 0.0, "time/wake": 0.0,
+                   "time/sync": 0.0}
         if metrics["dynamic_sampling/fewest_kept"] == 0:
             # Every group of some replica was uninformative: nothing to learn from this step.
             metrics.update({"update_skipped": 1.0, "dynamic_sampling/all_filtered": 1.0})
-            timings = {"time/reference": 0.0, "time/training": 0.0, "time/sync": 0.0}
         else:
+            timings["time/sleep"] = self._engine_call("sleep")
+            t0 = time.perf_counter()
             batch = to_train_batch(groups, cfg.algo.advantage, self.pad_id, cfg.algo.adv_eps, cfg.algo.scale_adv_by_std)
-            batch.old_logprobs, _ = self.actor.forward_logprobs(batch)
+            batch.old_logprobs, _ = self.actor.forward_logprobs(batch, stage.temperature)
             t_ref = time.perf_counter()
-            if self.actor.cfg.algo.kl_beta > 0:
-                batch.ref_logprobs, _ = self.actor.forward_logprobs(batch, "reference")
-            t_ref = time.perf_counter() - t_ref
+            if stage.kl_beta > 0:
+                batch.ref_logprobs, _ = self.actor.forward_logprobs(batch, stage.temperature, "reference")
+            timings["time/reference"] = time.perf_counter() - t_ref
             metrics.update(self._logprob_mismatch(batch))
-            metrics.update(self.actor.update(batch))
-            train_time = time.perf_counter() - t0 - t_ref
-            sync_time, gbps = self._sync_weights()
-            metrics["sync/gb_per_s"] = gbps
-            timings = {"time/reference": t_ref, "time/training": train_time, "time/sync": sync_time}
+            metrics.update(self.actor.update(batch, stage.temperature, stage.kl_beta))
+            timings["time/training"] = time.perf_counter() - t0 - timings["time/reference"]
+            timings["time/wake"] = self._engine_call("wake")
+            sync = self.weight_sync()
+            timings["time/sync"], metrics["sync/gb_per_s"] = sync.seconds, sync.gb_per_s
         metrics.update(timings)
         metrics["time/step"] = time.perf_counter() - t_step
         metrics["tokens_per_s"] = metrics["generated_tokens"] / metrics["time/step"]
         metrics["stage"] = stage.index
+        metrics.update({f"data/epochs/{name}": e for name, e in self.sampler.epochs().items()})
         self.logger.log(step, metrics)
         return metrics
+
+    def _engine_call(self, method: str) -> float:
+        """``engine.sleep()`` / ``engine.wake()`` around the update (rollout.sleep_during_training);
+        the slowest replica's seconds."""
+        if not self.cfg.rollout.sleep_during_training:
+            return 0.0
+        t0 = time.perf_counter()
+        if self.engine is not None:
+            getattr(self.engine, method)()
+        return all_max([time.perf_counter() - t0])[0]
 
     def _collect(self, step: int, stage: Stage) -> tuple[list[Group], dict]:
         """Dynamic sampling: draw prompt batches until every replica has its share of
         informative groups (at most algo.max_sampling_rounds rounds)."""
-        cfg, algo = self.cfg, self.cfg.algo
+        cfg = self.cfg
         per_replica = cfg.batch.prompts_per_step // self.dp_size
-        kept: list[Group] = []
-        stats: dict = {}
-        dropped = rounds = tokens = max_len = 0
-        gen_time = reward_time = 0.0
-        while True:
+        totals = {"generation": 0.0, "reward": 0.0, "tokens": 0}
+
+        def generate_round(round_index: int, missing: int) -> list[Group]:
             rows = self.sampler.next_batch(cfg.batch.prompts_per_step)  # every rank draws: samplers stay equal
-            if self.is_engine_rank and len(kept) < per_replica:
-                mine = rows[self.dp_rank * per_replica:(self.dp_rank + 1) * per_replica]
-                groups, times = self._generate(mine, stage.n, stage.temperature, cfg.rollout.top_p,
-                                               stage.max_response_length, _seed(cfg.trainer.seed, step, rounds, self.dp_rank),
-                                               stage.no_eos_penalty)
-                gen_time += times.generation
-                reward_time += times.reward_wait
-                tokens += sum(len(s.token_ids) for g in groups for s in g.samples)
-                if rounds == 0:  # rollout statistics describe the policy's samples, before filtering
-                    stats, max_len = group_stats(groups, self.domains), max_response_length(groups)
-                keep = (dynamic_sampling_mask(rewards_tensor(groups), stage.n).tolist() if algo.dynamic_sampling
-                        else [True] * len(groups))
-                kept += [g for g, k in zip(groups, keep) if k]
-                dropped += keep.count(False)
-            rounds += 1
-            if not algo.dynamic_sampling or rounds >= algo.max_sampling_rounds:
-                break
-            if not _all_max([float(self.is_engine_rank and len(kept) < per_replica)])[0]:
-                break
-        kept = kept[:per_replica]
-        metrics = reduce_stats(stats, sorted(group_stats([], self.domains)))
+            if not (self.is_engine_rank and missing):
+                return []
+            mine = rows[self.dp_rank * per_replica:(self.dp_rank + 1) * per_replica]
+            groups, times = self._generate(mine, stage.n, stage.temperature, cfg.rollout.top_p,
+                                           stage.max_response_length,
+                                           _seed(cfg.trainer.seed, step, round_index, self.dp_rank),
+                                           stage.no_eos_penalty)
+            totals["generation"] += times.generation
+            totals["reward"] += times.reward_wait
+            totals["tokens"] += sum(len(s.token_ids) for g in groups for s in g.samples)
+            return groups
+
+        filled = fill(generate_round, lambda g: g.rewards, per_replica, max_rounds=cfg.algo.max_sampling_rounds,
+                      enabled=cfg.algo.dynamic_sampling,
+                      anyone_short=lambda short: bool(all_max([float(self.is_engine_rank and short)])[0]))
+        # Rollout statistics describe the policy's own samples: the first round, before filtering.
+        metrics = reduce_stats(group_stats(filled.first_round, self.domains), sorted(group_stats([], self.domains)))
         # Only engine ranks generate, so TP/PP peers add zeros to these sums.
-        n_kept, n_dropped, n_tokens = _all_sum([len(kept), dropped, tokens])
-        max_len, gen_time, reward_time, fewest = _all_max([max_len, gen_time, reward_time,
-                                                           -len(kept) if self.is_engine_rank else -per_replica])
+        n_kept, n_dropped, n_tokens = all_sum([len(filled.kept), filled.dropped, totals["tokens"]])
+        max_len, gen_time, reward_time, fewest = all_max([
+            max_response_length(filled.first_round), totals["generation"], totals["reward"],
+            -len(filled.kept) if self.is_engine_rank else -per_replica])
         metrics.update({
             "dynamic_sampling/kept": n_kept, "dynamic_sampling/dropped": n_dropped,
-            "dynamic_sampling/rounds": float(rounds), "dynamic_sampling/fewest_kept": -fewest,
+            "dynamic_sampling/rounds": float(filled.rounds), "dynamic_sampling/fewest_kept": -fewest,
             "response_length/max": max_len, "time/generation": gen_time, "time/reward": reward_time,
             "generated_tokens": n_tokens,
         })
-        return self._share_in_replica(kept), metrics
+        return self._share_in_replica(filled.kept), metrics
 
     def _generate(self, rows, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
                   no_eos_penalty: float = 0.0):
@@ -301,22 +312,7 @@ class Trainer:
             diff = (batch.old_logprobs - batch.engine_logprobs).abs()[mask]
             s, c, m = diff.sum().item(), float(diff.numel()), diff.max().item() if diff.numel() else 0.0
         mean = reduce_stats({"d": (s, c)}, ["d"])["d"]
-        return {"logprob_diff/mean": mean, "logprob_diff/max": _all_max([m])[0]}
-
-    # ------------------------------------------------------------------ weight sync
-    def _sync_weights(self) -> tuple[float, float]:
-        """Export the policy (gathered over TP, PP) and stream it into each replica's engine."""
-        t0 = time.perf_counter()
-        buckets = self.sync_source()
-        if self.is_engine_rank:
-            moved = self.engine.update_weights(buckets).bytes
-        else:
-            moved = 0
-            for _ in buckets:  # take part in the gathers
-                pass
-        seconds = time.perf_counter() - t0
-        seconds, moved = _all_max([seconds, moved])
-        return seconds, moved / 1e9 / seconds
+        return {"logprob_diff/mean": mean, "logprob_diff/max": all_max([m])[0]}
 
     # ------------------------------------------------------------------ validation
     def _validate(self, step: int) -> float:
@@ -348,16 +344,16 @@ class Trainer:
             "step": self.step, "stage_index": self.stage_index,
             "actor": dataclasses.asdict(self.actor.state),
             "sampler": self.sampler.state_dict(), "reset_trigger": self.trigger.state_dict(),
-            "temperature": self.actor.temperature, "kl_beta": self.actor.cfg.algo.kl_beta,
             "validation_history": self.history,
         }
 
     def save(self) -> Path:
-        from checkpoint_convert.checkpoint import CheckpointMeta, dtype_name
+        from checkpoint_convert import dtypes
+        from checkpoint_convert.checkpoint import CheckpointMeta
 
         p = self.cfg.parallel
         meta = CheckpointMeta(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
-                              dtype=dtype_name(resolve_dtype(self.cfg.model)), family=self.arch.family)
+                              dtype=dtypes.name_of(resolve_dtype(self.cfg.model)), family=self.arch.family)
 
         def write(tmp: Path) -> None:
             ckpt.save_actor(self.actor, tmp)
@@ -369,18 +365,16 @@ class Trainer:
         return path
 
     def _load(self, path: Path) -> None:
-        from megatron_prorl.actor import ActorState, ResetRecord
-
         ckpt.load_actor(self.actor, path)
         ckpt.load_rng(path)
+        # Older checkpoints also hold the stage's "temperature" and "kl_beta": unused, the
+        # stage of the step gives them.
         state = ckpt.load_trainer_state(path)
         self.step, self.stage_index = state["step"], state["stage_index"]
         a = state["actor"]
         self.actor.state = ActorState(**{**a, "resets": [ResetRecord(**r) for r in a["resets"]]})
         self.sampler.load_state_dict(state["sampler"])
         self.trigger.load_state_dict(state["reset_trigger"])
-        self.actor.temperature = state["temperature"]
-        self.actor.cfg.algo.kl_beta = state["kl_beta"]
         self.history = state["validation_history"]
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -393,7 +387,7 @@ class Trainer:
 
     def close(self) -> None:
         self.logger.close()
-        self.sync_source.close()
+        self.weight_sync.close()
         if self.pool is not None:
             self.pool.close()
         if self.engine is not None:

@@ -9,6 +9,8 @@ from megatron_prorl.launch import spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
+T = 1.2  # the rollout temperature the log-probs are taken at
+
 TINY = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, vocab_size=50, max_position_embeddings=64,
             rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True)
@@ -18,7 +20,7 @@ def _actor(tp=1, pp=1, **overrides):
     from megatron_prorl.actor import PolicyActor
     from megatron_prorl.config import ProRLConfig
     from megatron_prorl.distributed import init_distributed
-    from megatron_prorl.models.builder import hf_arch
+    from checkpoint_convert.arch import hf_arch
 
     cfg = ProRLConfig()
     cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
@@ -57,16 +59,16 @@ def _update_then_reset(reset_optimizer: bool):
     out = {}
     # The reference starts as a copy of the policy.
     out["equal_at_start"] = all(torch.equal(a, b) for a, b in zip(_params(actor.reference), _params(actor.policy_module)))
-    logp0, _ = actor.forward_logprobs(batch)
+    logp0, _ = actor.forward_logprobs(batch, T)
     batch.old_logprobs, batch.ref_logprobs = logp0, logp0
-    metrics = actor.update(batch)
+    metrics = actor.update(batch, T, actor.cfg.algo.kl_beta)
     out["updates_after_one_step"] = actor.state.updates  # prompts_per_step / prompts_per_mini_batch
     out["metrics"] = metrics
     for _ in range(4):
-        batch.old_logprobs, _ = actor.forward_logprobs(batch)
-        actor.update(batch)
-    logp1, _ = actor.forward_logprobs(batch)
-    ref_logp, _ = actor.forward_logprobs(batch, "reference")
+        batch.old_logprobs, _ = actor.forward_logprobs(batch, T)
+        actor.update(batch, T, actor.cfg.algo.kl_beta)
+    logp1, _ = actor.forward_logprobs(batch, T)
+    ref_logp, _ = actor.forward_logprobs(batch, T, "reference")
     mask = batch.loss_mask.bool()
     seq_gain = ((logp1 - logp0) * mask).sum(-1)
     out["gain_positive_adv"] = seq_gain[batch.advantages > 0].mean().item()
@@ -78,13 +80,13 @@ def _update_then_reset(reset_optimizer: bool):
     record = actor.reset_reference(step=5, reason="test")
     out["record"] = (record.step, record.reason, record.optimizer_reset)
     out["equal_after_reset"] = all(torch.equal(a, b) for a, b in zip(_params(actor.reference), _params(actor.policy_module)))
-    out["ref_logprobs_equal_policy"] = torch.equal(*(actor.forward_logprobs(batch, m)[0] for m in ("policy", "reference")))
+    out["ref_logprobs_equal_policy"] = torch.equal(*(actor.forward_logprobs(batch, T, m)[0] for m in ("policy", "reference")))
     out["state_after"] = _optimizer_state_sizes(actor)
     out["same_optimizer_object"] = actor.optimizer is optimizer_before
     # The (possibly fresh) optimizer still trains.
-    batch.old_logprobs, _ = actor.forward_logprobs(batch)
+    batch.old_logprobs, _ = actor.forward_logprobs(batch, T)
     before = _params(actor.policy_module)
-    actor.update(batch)
+    actor.update(batch, T, actor.cfg.algo.kl_beta)
     out["moved_after_reset"] = any(not torch.equal(a, b) for a, b in zip(before, _params(actor.policy_module)))
     shutdown_distributed()
     return out
@@ -117,17 +119,17 @@ def _nonfinite_guard():
     good = _batch([1.0, -1.0, 1.0, -1.0])
     bad = _batch([float("nan"), -1.0, 1.0, -1.0])
     for b in (good, bad):
-        b.old_logprobs, _ = actor.forward_logprobs(b)
+        b.old_logprobs, _ = actor.forward_logprobs(b, T)
         b.ref_logprobs = b.old_logprobs
     before = _params(actor.policy_module)
     actor.cfg.batch.prompts_per_step = actor.cfg.batch.prompts_per_mini_batch  # one update per call
-    skipped = actor.update(bad)
+    skipped = actor.update(bad, T, actor.cfg.algo.kl_beta)
     unchanged = all(torch.equal(a, b) for a, b in zip(before, _params(actor.policy_module)))
-    recovered = actor.update(good)  # a good update resets the count
+    recovered = actor.update(good, T, actor.cfg.algo.kl_beta)  # a good update resets the count
     counts = (actor.state.skipped_updates, actor.state.consecutive_nonfinite)
-    actor.update(bad)
+    actor.update(bad, T, actor.cfg.algo.kl_beta)
     try:
-        actor.update(bad)
+        actor.update(bad, T, actor.cfg.algo.kl_beta)
         raised = ""
     except NonFiniteError as exc:
         raised = str(exc)
@@ -149,9 +151,9 @@ def _reset_under_tp_pp():
 
     actor = _actor(tp=2, pp=2)
     batch = _batch([1.0, -1.0, 1.0, -1.0])
-    batch.old_logprobs, _ = actor.forward_logprobs(batch)
+    batch.old_logprobs, _ = actor.forward_logprobs(batch, T)
     batch.ref_logprobs = batch.old_logprobs
-    actor.update(batch)
+    actor.update(batch, T, actor.cfg.algo.kl_beta)
     actor.reset_reference(step=1, reason="tp2pp2")
     equal = all(torch.equal(a, b) for a, b in zip(_params(actor.reference), _params(actor.policy_module)))
     shutdown_distributed()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,12 +148,11 @@ def test_sigterm_checkpoints_then_exits_cleanly(tmp_path):
 
 
 def test_stages_resets_and_dynamic_sampling(tmp_path):
-    config = write_config(
-        tmp_path,
-        trainer__stages=[{"name": "short", "steps": 2, "max_response_length": 8},
-                         {"name": "long", "steps": 2, "max_response_length": 12, "n": 6,
-                          "reset_reference_at_start": True, "no_eos_penalty": 0.5}],
-        reset__every_n_steps=3, algo__max_sampling_rounds=3, checkpoint__every=0)
+    stages = [{"name": "short", "steps": 2, "max_response_length": 8},
+              {"name": "long", "steps": 2, "max_response_length": 12, "n": 6, "kl_beta": 0.01,
+               "reset_reference_at_start": True, "no_eos_penalty": 0.5}]
+    config = write_config(tmp_path, trainer__stages=stages, reset__every_n_steps=3, algo__max_sampling_rounds=3,
+                          checkpoint__every=1, checkpoint__keep_last=4)
     run = tmp_path / "run"
     run_ok("train", config)
     train = records(run)
@@ -167,9 +167,53 @@ def test_stages_resets_and_dynamic_sampling(tmp_path):
         assert r["dynamic_sampling/kept"] <= 8
         assert r["dynamic_sampling/rounds"] <= 3
         assert r["dynamic_sampling/rounds"] == 1 or r["dynamic_sampling/kept"] + r["dynamic_sampling/dropped"] > 8
-    state = json.loads((run / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
+    last = run / "checkpoints" / "step_00000004"
+    state = json.loads((last / "trainer_state.json").read_text())
     assert [(r["step"], r["reason"]) for r in state["actor"]["resets"]] == [
         (3, "stage long starts"), (3, "schedule: every 3 steps")]
+    # The stages changed n, lengths and the KL coefficient as they ran; the config stayed what
+    # the user wrote: the checkpoint's config.yaml is the input config, field for field.
+    from megatron_prorl.config import load_config, to_yaml
+
+    assert (last / "config.yaml").read_text() == to_yaml(load_config(config))
+
+    # Resumed from the last checkpoint of the first stage, a run enters the second stage at
+    # step 3 and repeats the uninterrupted run's steps exactly.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    config = write_config(resumed, trainer__stages=stages, reset__every_n_steps=3, algo__max_sampling_rounds=3,
+                          checkpoint__every=1, checkpoint__keep_last=4,
+                          checkpoint__load=str(run / "checkpoints" / "step_00000002"))
+    run_ok("train", config)
+    assert [comparable(r) for r in records(resumed / "run")] == [comparable(r) for r in train[2:]]
+    assert [e["text"] for e in records(resumed / "run", "event") if e["text"].startswith(("stage", "reference"))] == [
+        e for e in events if e.startswith(("stage long", "reference"))]
+
+
+def test_a_checkpoint_written_by_an_earlier_version_resumes(tmp_path):
+    """tests/fixtures/checkpoints/v0_tiny_step1: step 1 of a 2-step run, written by the code
+    before the config stopped being changed by stages (commit 947cd48, its trainer_state.json
+    holds the stage's temperature and kl_beta). It resumes, and its step 2 samples and scores
+    exactly what the run that wrote it did."""
+    fixtures = ROOT / "tests" / "fixtures" / "checkpoints"
+    config = yaml.safe_load((fixtures / "v0_tiny_config.yaml").read_text())
+    config["trainer"]["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(fixtures / "v0_tiny_step1", checkpoints / "step_00000001")
+    (checkpoints / "latest").write_text("step_00000001\n")
+    out = run_ok("train", path)
+    assert "resumed from" in out
+    (rec,) = records(tmp_path / "run")
+    want = json.loads((fixtures / "v0_tiny_step2_metrics.json").read_text())
+    assert rec["step"] == 2
+    for key in ("reward/mean", "response_length/mean", "dynamic_sampling/kept", "dynamic_sampling/dropped",
+                "generated_tokens"):
+        assert rec[key] == want[key], key
+    for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
+        assert rec[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
 
 
 def test_all_filtered_step_skips_the_update(tmp_path):
@@ -218,7 +262,7 @@ def test_trainer_checkpoint_converts_to_hf(reference_run, tmp_path):
 
     run, _ = reference_run
     out = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, "-m", "checkpoint_convert.cli", "megatron-to-hf", "--ckpt",
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_convert", "megatron-to-hf", "--ckpt",
                            str(run / "checkpoints" / "step_00000003"), "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -235,7 +279,7 @@ def test_trainer_checkpoint_converts_to_hf(reference_run, tmp_path):
 def test_starts_from_a_converted_checkpoint(tmp_path):
     """checkpoint.load accepts a `prorl-convert hf-to-megatron` output, written at another layout."""
     ckpt = tmp_path / "ckpt"
-    proc = subprocess.run([sys.executable, "-m", "checkpoint_convert.cli", "hf-to-megatron", "--hf-dir",
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_convert", "hf-to-megatron", "--hf-dir",
                            str(ROOT / "megatron_prorl/assets/tiny"), "--out", str(ckpt), "--tp", "2", "--pp", "1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -1,9 +1,10 @@
 """The ProRL objective as pure functions: tensors in, tensors out, no distributed state.
 
 GRPO advantages, the decoupled-clip (DAPO clip-higher) policy loss with exact micro-batch
-aggregation, KL estimators to the reference policy, and DAPO dynamic sampling. Advantage
-estimators, policy losses and KL estimators live in registries, so a new one is a decorated
-function: ``@register_advantage``, ``@register_policy_loss``, ``@register_kl``.
+aggregation, KL estimators to the reference policy, and DAPO dynamic sampling (its refill loop
+included, over a caller's "generate one round"). Advantage estimators, policy losses and KL
+estimators live in registries (:class:`megatron_prorl.registry.Registry`), so a new one is a
+decorated function: ``@register_advantage``, ``@register_policy_loss``, ``@register_kl``.
 """
 
 from megatron_prorl.algo.advantages import (
@@ -13,7 +14,7 @@ from megatron_prorl.algo.advantages import (
     grpo_advantages,
     register_advantage,
 )
-from megatron_prorl.algo.filters import BatchFill, dynamic_sampling_mask, fill_batch, response_indices
+from megatron_prorl.algo.dynamic_sampling import Filled, dynamic_sampling_mask, fill
 from megatron_prorl.algo.kl import KL_ESTIMATORS, get_kl, kl_penalty, register_kl
 from megatron_prorl.algo.losses import (
     AGG_MODES,
@@ -28,14 +29,13 @@ from megatron_prorl.algo.losses import (
     tis_weights,
     total_loss,
 )
-from megatron_prorl.algo.registry import Registry, UnknownNameError
 from megatron_prorl.algo.utils import ZERO_VARIANCE_TOL, masked_mean, masked_sum
 
 __all__ = [
     "ADVANTAGES", "AGG_MODES", "KL_ESTIMATORS", "MAX_METRICS", "POLICY_LOSSES", "ZERO_VARIANCE_TOL",
-    "BatchFill", "Registry", "UnknownNameError",
-    "aggregate", "broadcast_advantages", "decoupled_clip", "dynamic_sampling_mask", "fill_batch",
+    "Filled",
+    "aggregate", "broadcast_advantages", "decoupled_clip", "dynamic_sampling_mask", "fill",
     "get_advantage", "get_kl", "get_policy_loss", "grpo_advantages", "kl_penalty", "masked_mean",
     "masked_sum", "normalisers", "policy_loss", "register_advantage", "register_kl",
-    "register_policy_loss", "response_indices", "tis_weights", "total_loss",
+    "register_policy_loss", "tis_weights", "total_loss",
 ]
