@@ -95,6 +95,14 @@ class PolicyActor:
         self.policy.module.config.grad_scale_func = optimizer.scale_loss
         return optimizer
 
+    def optimizer_is_fresh(self) -> bool:
+        """No step taken since the optimizer was built (its state holds nothing)."""
+        return all(len(opt.optimizer.state) == 0
+                   for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]))
+
+    def reinitialise_optimizer(self) -> None:
+        self.optimizer = self._build_optimizer()
+
     @property
     def policy_module(self):
         """The GPTModel inside the DDP wrapper (what checkpoints and weight export read)."""
@@ -232,7 +240,7 @@ class PolicyActor:
         """Copy the policy into the reference; re-initialise the optimizer if configured."""
         self.sync_reference()
         if self.cfg.reset.reset_optimizer:
-            self.optimizer = self._build_optimizer()
+            self.reinitialise_optimizer()
         record = ResetRecord(step=step, reason=reason, optimizer_reset=self.cfg.reset.reset_optimizer)
         self.state.resets.append(record)
         log.info("reference reset at step %d (%s)%s", step, reason,

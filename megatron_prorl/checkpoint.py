@@ -5,7 +5,9 @@ Layout of ``OUTPUT_DIR/checkpoints/step_00000012/``:
 - ``model/``      policy weights, Megatron dist_checkpointing (reshardable to any TP x PP;
                   ``prorl-convert megatron-to-hf`` reads it)
 - ``reference/``  the frozen reference policy, same format
-- ``optimizer/``  Megatron optimizer state (same layout on resume), same format
+- ``optimizer/``  Megatron optimizer state (same layout on resume), same format; or, for an
+                  optimizer that has taken no step since it was (re-)initialised (a reset step,
+                  or updates all skipped), only the marker file ``optimizer/FRESH``
 - ``rng/rank_N.pt``  Python, NumPy and torch RNG states of every rank
 - ``trainer_state.json``  step, stage, actor counters, resets, sampler and reset-trigger state
 - ``config.yaml``, ``hf/`` (config.json + tokenizer files), ``meta.json``
@@ -28,6 +30,9 @@ import torch
 
 from checkpoint_convert.checkpoint import (CheckpointMeta, atomic_directory, barrier, copy_hf_metadata,
                                            load_model_state, rank, save_model_state, save_sharded_state, write_meta)
+
+
+FRESH_OPTIMIZER = "FRESH"
 
 
 class CheckpointManager:
@@ -67,6 +72,11 @@ def save_actor(actor, ckpt_dir: Path) -> None:
     """Collective: policy, reference and optimizer state of every rank."""
     save_model_state(actor.policy_module, ckpt_dir / "model")
     save_model_state(actor.reference, ckpt_dir / "reference")
+    if actor.optimizer_is_fresh():  # no state to save, and Megatron could not load an empty one
+        if rank() == 0:
+            (ckpt_dir / "optimizer").mkdir()
+            (ckpt_dir / "optimizer" / FRESH_OPTIMIZER).write_text("no step since the optimizer was initialised\n")
+        return
     # Saving consumes a sharded state dict: the optimizer's is built from a fresh one.
     model_sd = actor.policy_module.sharded_state_dict()
     save_sharded_state(actor.optimizer.sharded_state_dict(model_sd), ckpt_dir / "optimizer")
@@ -78,6 +88,9 @@ def load_actor(actor, ckpt_dir: Path) -> None:
 
     load_model_state(actor.policy_module, ckpt_dir / "model")
     load_model_state(actor.reference, ckpt_dir / "reference")
+    if (ckpt_dir / "optimizer" / FRESH_OPTIMIZER).is_file():
+        actor.reinitialise_optimizer()
+        return
     model_sd = actor.policy_module.sharded_state_dict()
     template = actor.optimizer.sharded_state_dict(model_sd, is_loading=True)
     with torch.no_grad():  # fp32 main params may be views of model params
