@@ -6,11 +6,11 @@ k1 = -d (unbiased, can be negative), k2 = d^2 / 2 (biased, >= 0) and k3 = exp(d)
 ref_logprobs) -> [B, T]``.
 
 Clamping follows verl (``kl_penalty`` in verl/trainer/ppo/core_algos.py at commit 26b5d6b, the
-mid-2025 v0.4.x line contemporary with ProRL): its k3 ("low_var_kl") bounds ``d`` to [-20, 20] before
-``exp`` and always clamps the estimate to [-10, 10]; its k1 ("kl") and k2 ("mse") are never
-clamped. Here k3 bounds ``d`` the same way, and :func:`kl_penalty` clamps whichever estimator
-is chosen to ``[-clamp, clamp]``, by default verl's 10: k3 then equals verl's, k2 equals ProRL
-v2's (k2 clamped to [-10, 10]), and ``clamp=None`` gives verl's unclamped k1 / k2.
+mid-2025 v0.4.x line contemporary with ProRL): its k3 ("low_var_kl") bounds ``d`` to [-20, 20]
+before ``exp`` and always clamps the estimate to [-10, 10]; its k1 ("kl") and k2 ("mse") are
+never clamped. Here k3 bounds ``d`` the same way, and :func:`kl_penalty` clamps whichever
+estimator is chosen to ``[-clamp, clamp]``, by default verl's 10: k3 then equals verl's, k2
+equals ProRL v2's (k2 clamped to [-10, 10]), and ``clamp=None`` gives verl's unclamped k1 / k2.
 """
 
 from __future__ import annotations

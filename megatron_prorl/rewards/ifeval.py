@@ -33,33 +33,33 @@ instructions_registry.py at 1d49f2c) wherever those are right. Every remaining d
 | capital_word_frequency | NLTK word_tokenize | regex words, ``_CASED_WORD`` | (10) |
 
 (1) The reasoning is not the answer; an empty answer follows nothing, where Google passes it on
-no_comma, forbidden_words and the like. (Google's evaluation also reports a "loose" accuracy
-over variants of the response; the reward is the strict one.) (2) IFEval-style datasets beyond IFEval use them;
-Google's two mean the same here. (3) A reward must be reproducible, and a broken ground truth
-loud. (4) A keyword such as "C++" or "$5", or the marker "p.s." (the regex p.s. matches
-"pose"), must mean itself. (5) Google would reward an empty or symbol-only answer; langdetect
-names Chinese only with a region, so Google's "zh" never matches. (6) Needs no NLTK data (see
-below). Both end sentences at ``.!?`` before whitespace; neither ends one at a line break
-alone (a title, a list item), at a decimal point or after a common abbreviation. Punkt's
-trained statistics decide rarer cases (an unlisted abbreviation, a number ending a sentence,
-a list number followed by a word punkt thinks starts sentences), which the regex decides by
-rule. (7) A separator line holding a space is still a blank line; a blank paragraph is not a
+no_comma, forbidden_words and the like. Google's evaluation also reports a "loose" accuracy over
+variants of the response; the reward is the strict one. (2) More ground truths are accepted; the
+two relations IFEval uses mean the same here. (3) A reward must be reproducible, and a broken
+ground truth loud. (4) A keyword such as "C++" or "$5", or the marker "p.s." (the regex p.s.
+matches "pose"), must mean itself. (5) Google would reward an empty or symbol-only answer;
+langdetect names Chinese only with a region, so Google's "zh" never matches. (6) Needs no NLTK
+data (see below). Both end sentences at ``.!?`` before whitespace; neither ends one at a line
+break alone (a title, a list item), at a decimal point or after a common abbreviation. Punkt's
+trained statistics decide rarer cases (an unlisted abbreviation, a number ending a sentence, a
+list number followed by a word punkt thinks starts sentences), which the regex decides by rule.
+(7) A separator line holding a space is still a blank line; a blank paragraph is not a
 paragraph; "**Banana**" and "Banana:" start with the word banana. (8) Bold italics is one
-highlighted span. (9) Some IFEval-style datasets add the id; Google's disabled
-ConstrainedStartChecker matched its regex at the start of any line, case-sensitively, where
-the instruction asks the response to start with the phrase; case is ignored as in Google's
-combination:repeat_prompt, which is this check under another name. (10) Needs no NLTK data;
-both keep hyphenated words and acronyms ("U.S.A.") whole and count "NASA's" as capitalised;
-here a contraction ("DON'T", "I'M") is one word where NLTK counts two capitalised tokens, and
-a word joined by a symbol ("AND/OR", "E=MC2") is two where NLTK keeps one token.
+highlighted span. (9) The id is an addition here, modelled on Google's disabled
+ConstrainedStartChecker, which matched its regex at the start of any line, case-sensitively; the
+instruction asks the response to start with the phrase, and case is ignored as in Google's
+combination:repeat_prompt, which is this check under another name. (10) Needs no NLTK data; both
+keep hyphenated words and acronyms ("U.S.A.") whole and count "NASA's" as capitalised; here a
+contraction ("DON'T", "I'M") is one word where NLTK counts two capitalised tokens, and a word
+joined by a symbol ("AND/OR", "E=MC2") is two where NLTK keeps one token.
 
 Why the checkers are written here rather than imported: lm-evaluation-harness ships Google's
 code (lm_eval/tasks/ifeval/), but its instructions_util.py calls ``download_nltk_resources()``
 on import, which runs ``nltk.download("punkt")`` when the data is missing (read at commits
-0d2cf3b and d49b672), a network fetch that offline clusters cannot make; Google's own module is
-not packaged and needs the same NLTK data (``nltk.data.load`` of punkt's english.pickle for
-sentences, ``nltk.word_tokenize`` for capitalised words). Written here the checks need only
-langdetect.
+0d2cf3b and d49b672), a network fetch that offline clusters cannot make. Google's own module is
+not published as a package and needs the same NLTK data (``nltk.data.load`` of punkt's
+english.pickle for sentences, ``nltk.word_tokenize`` for capitalised words). Written here, the
+checks need only langdetect.
 """
 
 from __future__ import annotations
