@@ -190,7 +190,7 @@ class PolicyActor:
                 ref_logprobs=m.get("ref_logprobs"), entropy=entropy if a.entropy_coef else entropy.detach(),
                 kl_beta=kl_beta, kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef,
                 policy_loss_kind=a.policy_loss, eps_low=a.eps_low, eps_high=a.eps_high, agg=a.loss_agg,
-                tis_weights=weights, num_tokens=num_tokens, num_seqs=num_seqs)
+                tis_weights=weights, num_tokens=num_tokens, num_seqs=num_seqs, clip_ratio_c=a.clip_ratio_c)
 
         self.policy.train()
         self.policy.zero_grad_buffer()

@@ -63,14 +63,19 @@ class AlgoConfig:
     policy_loss: str = "decoupled_clip"
     eps_low: float = 0.2
     eps_high: float = 0.4
+    # Dual-clip, as verl's policy loss applies by default: a token with a negative advantage loses
+    # at most clip_ratio_c x |A| (must be > 1; null: off).
+    clip_ratio_c: Optional[float] = 3.0
     # "token-mean" (DAPO), "seq-mean-token-mean" or "seq-mean-token-sum".
     loss_agg: str = "token-mean"
     # KL to the reference policy. The paper states neither estimator nor beta: we assume
     # verl's defaults of the time (k3, 1e-3). beta 0 skips the reference forward entirely.
     kl_estimator: str = "k3"
     kl_beta: float = 1e-3
-    # Clamp per-token KL estimates to [-kl_clamp, kl_clamp] (null: off; ProRL v2 used k2 with 10).
-    kl_clamp: Optional[float] = None
+    # Clamp per-token KL estimates to [-kl_clamp, kl_clamp], whichever the estimator (null: off).
+    # 10 is verl's: verl always clamps k3 to [-10, 10] and never k1 / k2; ProRL v2 clamped k2 to
+    # [-10, 10]. For verl's unclamped k1 / k2 set null.
+    kl_clamp: Optional[float] = 10.0
     entropy_coef: float = 0.0
     # Truncated importance sampling cap on trainer/engine probability ratios (null: off).
     tis_cap: Optional[float] = None
@@ -347,6 +352,8 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
     for key, value in (("algo.kl_clamp", a.kl_clamp), ("algo.tis_cap", a.tis_cap)):
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value}: must be > 0 (or null for off)")
+    if a.clip_ratio_c is not None and a.clip_ratio_c <= 1:
+        raise ConfigError(f"algo.clip_ratio_c={a.clip_ratio_c}: must be > 1 (or null for off)")
     if a.max_sampling_rounds < 1:
         raise ConfigError(f"algo.max_sampling_rounds={a.max_sampling_rounds}: must be >= 1")
     try:

@@ -26,6 +26,7 @@ Schema of metric names (kind "train")::
     entropy                               mean token entropy of the policy
     kl                                    KL(policy || reference) estimate
     clip_frac_low, clip_frac_high         token fraction clipped at 1 - eps_low / 1 + eps_high
+    clip_frac_dual                        token fraction capped at clip_ratio_c x |A| (dual-clip)
     ratio_mean, ratio_max                 importance ratio pi / pi_old
     dynamic_sampling/kept                 prompt groups kept / dropped (all-same reward)
     dynamic_sampling/dropped

@@ -47,6 +47,7 @@ _HIDDEN_EVENTS = ("checkpoint",)  # bookkeeping, one every few steps: lines woul
 # Legend names for keys whose last path component would read badly.
 _LABELS = {"reward/mean": "all domains", "val/score": "blended score", "time/step": "step total",
            "clip_frac_low": "low (1 - eps_low)", "clip_frac_high": "high (1 + eps_high)",
+           "clip_frac_dual": "dual (c x |A| cap)",
            "ratio_mean": "mean", "ratio_max": "max"}
 _STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.titleweight": "bold", "axes.labelsize": 11,
           "legend.fontsize": 9, "figure.titlesize": 15, "axes.grid": True, "grid.alpha": 0.3,
@@ -86,7 +87,8 @@ TRUNCATION = Panel("Truncated responses", "fraction of responses", ("response_le
 TIME = Panel("Time per step", "seconds", ("time/generation", "time/reward", "time/sleep", "time/reference",
                                           "time/training", "time/wake", "time/sync"), style="stack", total="time/step")
 THROUGHPUT = Panel("Throughput", "tokens / s", ("tokens_per_s",), zero_based=True)
-CLIP = Panel("Clipped tokens", "fraction of tokens", ("clip_frac_low", "clip_frac_high"), zero_based=True)
+CLIP = Panel("Clipped tokens", "fraction of tokens", ("clip_frac_low", "clip_frac_high", "clip_frac_dual"),
+             zero_based=True)
 RATIO = Panel("Importance ratio", "pi / pi_old", ("ratio_mean", "ratio_max"))
 LOGPROB_GAP = Panel("Engine vs trainer log-prob", "|delta log p| per token", ("logprob_diff/mean", "logprob_diff/max"),
                     log_y=True)

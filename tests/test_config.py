@@ -23,7 +23,14 @@ def test_paper_config_matches_the_recipe():
     validate(cfg, R1_1P5B, world_size=32)
     assert (cfg.batch.prompts_per_step, cfg.rollout.n, cfg.batch.prompts_per_mini_batch) == (256, 16, 64)
     assert (cfg.algo.eps_low, cfg.algo.eps_high, cfg.rollout.temperature, cfg.optim.lr) == (0.2, 0.4, 1.2, 2e-6)
+    assert (cfg.algo.clip_ratio_c, cfg.algo.kl_estimator, cfg.algo.kl_clamp) == (3.0, "k3", 10.0)  # verl's
     assert [s.max_response_length for s in cfg.trainer.stages] == [8192, 16384]
+
+
+def test_verl_defaults_and_switching_them_off():
+    assert (load_config().algo.clip_ratio_c, load_config().algo.kl_clamp) == (3.0, 10.0)
+    cfg = load_config(overrides=["algo.clip_ratio_c=null", "algo.kl_clamp=null"])
+    assert cfg.algo.clip_ratio_c is None and cfg.algo.kl_clamp is None
 
 
 def test_overrides_are_typed():
@@ -37,6 +44,8 @@ def test_overrides_are_typed():
     ("rollout.temperature=0", "rollout.temperature=0"),
     ("algo.loss_agg=mean", "algo.loss_agg='mean'"),
     ("algo.kl_estimator=k9", "algo.kl_estimator='k9'"),
+    ("algo.clip_ratio_c=1.0", "algo.clip_ratio_c=1.0: must be > 1"),  # verl asserts > 1
+    ("algo.kl_clamp=0", "algo.kl_clamp=0"),
     ("batch.prompts_per_mini_batch=48", "batch.prompts_per_mini_batch=48 does not divide batch.prompts_per_step=256"),
     ("novalue", "key=value"),
 ])

@@ -81,8 +81,9 @@ def test_loop_logs_every_metric_and_learns_something(reference_run):
     train = records(run)
     assert [r["step"] for r in train] == [1, 2, 3]
     for key in ("reward/mean", "reward/math", "accuracy/math", "response_length/mean", "response_length/max",
-                "response_length/truncated_frac", "entropy", "kl", "clip_frac_low", "clip_frac_high", "ratio_mean",
-                "ratio_max", "dynamic_sampling/kept", "dynamic_sampling/dropped", "dynamic_sampling/rounds",
+                "response_length/truncated_frac", "entropy", "kl", "clip_frac_low", "clip_frac_high",
+                "clip_frac_dual", "ratio_mean", "ratio_max", "dynamic_sampling/kept", "dynamic_sampling/dropped",
+                "dynamic_sampling/rounds",
                 "logprob_diff/mean", "logprob_diff/max", "grad_norm", "lr", "time/generation", "time/reward",
                 "time/reference", "time/training", "time/sync", "time/step", "tokens_per_s"):
         assert key in train[0], key

@@ -10,30 +10,30 @@ mini-batch value, and the shares SUM to exactly the full-batch loss. The same ho
 metric except those in ``MAX_METRICS``, which reduce with max. Without the counts, each value is
 the local (micro-batch) one.
 
-A policy loss is registered per token: ``fn(log_ratio, advantages, mask, *, eps_low, eps_high)
--> (loss_tok [B, T], indicators)`` where ``log_ratio = logp - old_logp`` (finite, 0 off-mask),
-``advantages`` is ``[B, T]`` and ``indicators`` maps metric names to ``[B, T]`` bool/float tensors
-that :func:`policy_loss` averages over response tokens. Masking, truncated importance sampling and
-aggregation are done once, here, for every registered loss.
+A policy loss is registered per token: ``fn(log_ratio, advantages, mask, *, eps_low, eps_high,
+**kwargs) -> (loss_tok [B, T], indicators)`` where ``log_ratio = logp - old_logp`` (finite, 0
+off-mask), ``advantages`` is ``[B, T]`` and ``indicators`` maps metric names to ``[B, T]``
+bool/float tensors that :func:`policy_loss` averages over response tokens. Extra keyword
+arguments of :func:`policy_loss` / :func:`total_loss` reach the loss as they are; the trainer
+passes ``clip_ratio_c`` (``algo.clip_ratio_c``), so a loss that has no use for it takes ``**_``.
+Masking, truncated importance sampling and aggregation are done once, here, for every
+registered loss.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from megatron_prorl.algo.advantages import broadcast_advantages
-from megatron_prorl.algo.kl import kl_penalty
+from megatron_prorl.algo.kl import KL_CLAMP, kl_penalty
+from megatron_prorl.algo.utils import LOG_RATIO_CLAMP, check_mask, check_shape, masked_sum
 from megatron_prorl.registry import Registry
-from megatron_prorl.algo.utils import check_mask, check_shape, masked_sum
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 MAX_METRICS = frozenset({"ratio_max"})
-# Bound on |logp - old_logp| before exp, as verl does: keeps ratios finite in fp32 (exp(20) ~ 5e8);
-# such tokens are far outside any clip range.
-LOG_RATIO_CLAMP = 20.0
 
 Count = Union[int, float, Tensor]
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
@@ -89,27 +89,46 @@ def tis_weights(trainer_logprobs: Tensor, engine_logprobs: Tensor, cap: float) -
 
 
 @register_policy_loss("decoupled_clip")
-def decoupled_clip(log_ratio: Tensor, advantages: Tensor, mask: Tensor, *,
-                   eps_low: float, eps_high: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO surrogate with DAPO's clip-higher: ratio clipped to ``[1 - eps_low, 1 + eps_high]``."""
+def decoupled_clip(log_ratio: Tensor, advantages: Tensor, mask: Tensor, *, eps_low: float, eps_high: float,
+                   clip_ratio_c: Optional[float] = 3.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO surrogate with DAPO's clip-higher (ratio clipped to ``[1 - eps_low, 1 + eps_high]``) and
+    dual-clip (Ye et al. 2020, arXiv 1912.09729) as verl applies it by default: for a negative
+    advantage the per-token loss is capped at ``clip_ratio_c * |A|`` (a constant there, so no
+    gradient), which bounds what one token with a huge ratio can contribute; None: no cap.
+
+    Written from verl's ``compute_policy_loss`` (verl/trainer/ppo/core_algos.py at commit 26b5d6b,
+    the mid-2025 v0.4.x line; ``clip_ratio_c=3.0``, which must be > 1). ``clip_frac_dual`` is the
+    fraction of tokens capped, verl's ``pg_clipfrac_lower``.
+    """
     ratio = torch.exp(log_ratio)
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
     loss = torch.maximum(-advantages * ratio, -advantages * clipped)
+    if clip_ratio_c is None:
+        capped = torch.zeros_like(log_ratio, dtype=torch.bool)
+    else:
+        if clip_ratio_c <= 1:
+            raise ValueError(f"clip_ratio_c={clip_ratio_c}: must be > 1 (or None for no dual-clip)")
+        cap = -advantages * clip_ratio_c
+        capped = (advantages < 0) & (loss > cap)
+        loss = torch.where(capped, cap, loss)
     return loss, {
         "clip_frac_low": (advantages < 0) & (ratio < 1 - eps_low),
         "clip_frac_high": (advantages > 0) & (ratio > 1 + eps_high),
+        "clip_frac_dual": capped,
     }
 
 
 def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
                 eps_low: float = 0.2, eps_high: float = 0.4, agg: str = "token-mean",
                 tis_weights: Optional[Tensor] = None, *, num_tokens: Optional[Count] = None,
-                num_seqs: Optional[Count] = None, kind: str = "decoupled_clip") -> tuple[Tensor, dict[str, Tensor]]:
+                num_seqs: Optional[Count] = None, kind: str = "decoupled_clip",
+                **loss_kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """Aggregated policy loss of the registered loss ``kind`` and its metrics (0-d, detached).
 
     ``advantages``: per response ``[B]`` or per token ``[B, T]``. ``tis_weights`` ``[B, T]``
-    multiply the per-token loss. Metrics: the loss's indicators (for ``decoupled_clip``:
-    ``clip_frac_low``, ``clip_frac_high``) and ``ratio_mean`` as fractions of response tokens,
+    multiply the per-token loss. ``loss_kwargs`` go to the loss (``decoupled_clip``:
+    ``clip_ratio_c``). Metrics: the loss's indicators (for ``decoupled_clip``: ``clip_frac_low``,
+    ``clip_frac_high``, ``clip_frac_dual``) and ``ratio_mean`` as fractions of response tokens,
     and ``ratio_max``.
     """
     if logprobs.dim() != 2 or old_logprobs.shape != logprobs.shape:
@@ -121,7 +140,7 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
     check_shape(advantages, logprobs, "advantages")
     log_ratio = torch.where(m, logprobs - old_logprobs.detach(), 0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     loss_tok, indicators = get_policy_loss(kind)(
-        log_ratio, advantages.detach(), m, eps_low=eps_low, eps_high=eps_high)
+        log_ratio, advantages.detach(), m, eps_low=eps_low, eps_high=eps_high, **loss_kwargs)
     if tis_weights is not None:
         check_shape(tis_weights, logprobs, "tis_weights")
         loss_tok = loss_tok * tis_weights.detach()
@@ -139,17 +158,18 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
 
 def total_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
                ref_logprobs: Optional[Tensor] = None, entropy: Optional[Tensor] = None,
-               kl_beta: float = 0.0, kl_estimator: str = "k3", kl_clamp: Optional[float] = None,
+               kl_beta: float = 0.0, kl_estimator: str = "k3", kl_clamp: Optional[float] = KL_CLAMP,
                entropy_coef: float = 0.0, policy_loss_kind: str = "decoupled_clip",
                eps_low: float = 0.2, eps_high: float = 0.4, agg: str = "token-mean",
                tis_weights: Optional[Tensor] = None, num_tokens: Optional[Count] = None,
-               num_seqs: Optional[Count] = None) -> tuple[Tensor, dict[str, Tensor]]:
+               num_seqs: Optional[Count] = None, **loss_kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """``pg_loss + kl_beta * KL(pi || pi_ref) - entropy_coef * entropy``, each aggregated with ``agg``.
 
     ``entropy`` is the per-token policy entropy ``[B, T]`` (computed model-side). ``kl`` and
     ``entropy`` are reported whenever given, even when their coefficient is 0 (monitoring).
-    Returns the loss and a flat dict of 0-d detached metrics: ``loss``, ``pg_loss``, the policy
-    loss's metrics, and ``kl`` / ``entropy`` when available.
+    ``loss_kwargs`` go to the policy loss (see :func:`policy_loss`). Returns the loss and a flat
+    dict of 0-d detached metrics: ``loss``, ``pg_loss``, the policy loss's metrics, and ``kl`` /
+    ``entropy`` when available.
     """
     if kl_beta != 0 and ref_logprobs is None:
         raise ValueError(f"kl_beta={kl_beta} needs ref_logprobs")
@@ -157,7 +177,7 @@ def total_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask:
         raise ValueError(f"entropy_coef={entropy_coef} needs the per-token entropy")
     m = check_mask(mask, logprobs)
     pg, metrics = policy_loss(logprobs, old_logprobs, advantages, m, eps_low, eps_high, agg, tis_weights,
-                              num_tokens=num_tokens, num_seqs=num_seqs, kind=policy_loss_kind)
+                              num_tokens=num_tokens, num_seqs=num_seqs, kind=policy_loss_kind, **loss_kwargs)
     loss = pg
     metrics["pg_loss"] = pg.detach()
     if ref_logprobs is not None:

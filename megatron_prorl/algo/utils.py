@@ -17,6 +17,9 @@ from torch import Tensor
 # A group's rewards count as all equal when max - min <= this. A range is exactly 0 for identical
 # values in any dtype, where a computed std can be a rounding error above 0 (e.g. 0.3 in fp32).
 ZERO_VARIANCE_TOL = 1e-8
+# Bound on |log-ratio| before exp, as verl does for policy ratios and for k3: keeps exp finite in
+# fp32 (exp(20) ~ 5e8), and such tokens are far outside any clip range or KL clamp.
+LOG_RATIO_CLAMP = 20.0
 
 
 def check_shape(x: Tensor, like: Tensor, what: str) -> Tensor:

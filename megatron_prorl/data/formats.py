@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional
 from megatron_prorl.data import code_tests, jsoncodec
 from megatron_prorl.data.schema import BadRow, Row, check_domain
 from megatron_prorl.registry import Registry
+from megatron_prorl.rewards.text import boxed_answers
 
 STRUCTURED_DOMAINS = ("code", "logic", "ifeval")
 
@@ -139,16 +140,13 @@ def _eurus2(rec: dict) -> Row:
                source=f"eurus2:{rec.get('data_source') or ability}", id=row_id)
 
 
-def last_boxed(text: str) -> Optional[str]:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces balanced."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                return text[start:i].strip()
-    return None
+def final_answer(solution: str) -> Optional[str]:
+    """A solution's final boxed answer as a reference: the box's content, or for a multi-part
+    answer the parts boxed again (the verifiers read them as Math-Verify does); None without one."""
+    parts = boxed_answers(solution)
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    return ", ".join(f"\\boxed{{{p}}}" for p in parts)
 
 
 _PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{4,}")
@@ -161,15 +159,15 @@ def checkable(answer: Optional[str]) -> bool:
 
 
 def scp_answer(rec: dict) -> str:
-    """SCP-116K's checkable answer: the last \\boxed{} of the reference solution, else of a model
-    solution the dataset flags as agreeing with the reference. :class:`Skip` if there is none."""
+    """SCP-116K's checkable answer: the final boxed answer of the reference solution, else of a
+    model solution the dataset flags as agreeing with the reference. :class:`Skip` if there is none."""
     candidates = [_text(rec, "matched_solution")]
     for key, value in rec.items():
         model = re.fullmatch(r"is_(\w+)_solution_same_with_matched_solution", key)
         if model and value is True and isinstance(rec.get(f"{model.group(1)}_solution"), str):
             candidates.append(rec[f"{model.group(1)}_solution"])
     for solution in candidates:
-        answer = last_boxed(solution)
+        answer = final_answer(solution)
         if checkable(answer):
             return answer
     raise Skip("no checkable final answer")

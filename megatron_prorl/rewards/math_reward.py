@@ -1,4 +1,4 @@
-"""Math: the last \\boxed{} answer compared with the reference by Math-Verify; binary.
+"""Math: the \\boxed{} answer compared with the reference by Math-Verify; binary.
 
 Math-Verify (parse + verify) handles fractions, decimals, percentages, intervals, sets,
 symbolic equivalence and ``\\text{}`` units. The light normalisation here covers what it does
@@ -7,6 +7,13 @@ not: a trailing full stop, bare unit words after a number ("12 dollars") and sci
 main thread: elsewhere (a user calling :func:`score` from a thread) it runs without its own
 timeout and the caller's timeout is the only guard; the RewardPool always calls it from a
 worker's main thread.
+
+An answer in several boxes, in the response (``x = \\boxed{3}, y = \\boxed{5}``) or in the
+reference (``\\boxed{1} papers and \\boxed{2} bins``), is read as Math-Verify 0.9.0 reads it:
+the final run of boxes (:func:`~megatron_prorl.rewards.text.boxed_answers`) joined with commas
+into one set, so every part must match, in any order (math_verify/parser.py ``extract_latex``,
+``boxed="last"``; latex2sympy2_extended 1.11.0 ``extract_boxed_content``). As there, a part
+holding a thousands separator ("1,000") splits at it.
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ from __future__ import annotations
 import re
 import threading
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
-from megatron_prorl.rewards.text import last_boxed
+from megatron_prorl.rewards.text import boxed_answers
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RewardsConfig
@@ -46,47 +53,55 @@ def _timeout() -> int | None:
     return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
-def parse_answer(answer: str) -> list:
+def parse_answer(answers: Union[str, Sequence[str]]) -> list:
+    """Math-Verify's parse of an answer: one boxed content, or the parts of a multi-part one,
+    each normalised, then boxed side by side so that Math-Verify joins them into one set."""
     from math_verify import parse
 
-    return parse("\\boxed{" + normalize(answer) + "}", extraction_config=_extraction_config(),
-                 parsing_timeout=_timeout())
+    parts = (answers,) if isinstance(answers, str) else answers
+    return parse(", ".join("\\boxed{" + normalize(a) + "}" for a in parts),
+                 extraction_config=_extraction_config(), parsing_timeout=_timeout())
 
 
-def answers_match(gold: list, answer: str) -> tuple[bool, list]:
-    """Whether ``answer`` (a boxed content) equals the parsed reference ``gold``."""
+def answers_match(gold: list, answers: Sequence[str]) -> tuple[bool, list]:
+    """Whether ``answers`` (the boxed contents of a response) equal the parsed reference ``gold``."""
     from math_verify import verify
 
-    parsed = parse_answer(answer)
+    parsed = parse_answer(answers)
     return bool(parsed) and bool(verify(gold, parsed, timeout_seconds=_timeout())), parsed
 
 
+def reference_answers(text: str) -> tuple[str, ...]:
+    """A reference's answer parts: its boxed answer when it has one (datasets that store the
+    reference solution, or several boxes for a multi-part answer), else the whole text."""
+    return tuple(boxed_answers(text)) or (text,)
+
+
 def parse_reference(ground_truth: Any) -> list:
-    """A math reference, parsed (a stored solution's last ``\\boxed{...}`` if it has one)."""
+    """A math reference, parsed."""
     if not isinstance(ground_truth, (str, int, float)) or isinstance(ground_truth, bool):
         raise GroundTruthError(f"math ground_truth must be a string, got {type(ground_truth).__name__}: "
                                f"{ground_truth!r:.200}")
-    text = str(ground_truth)
-    boxed = last_boxed(text)  # some datasets store the reference solution's "\boxed{...}"
-    gold = parse_gold(boxed if boxed is not None else text)
+    gold = parse_gold(reference_answers(str(ground_truth)))
     if not gold:
         raise GroundTruthError(f"math ground_truth {ground_truth!r:.200} is not parsable by Math-Verify")
     return gold
 
 
 @lru_cache(maxsize=4096)  # the n responses of a prompt share its reference
-def parse_gold(text: str) -> list:
-    """Math-Verify's parse of a reference answer (cached)."""
-    return parse_answer(text)
+def parse_gold(answers: tuple[str, ...]) -> list:
+    """Math-Verify's parse of a reference's answer parts (cached)."""
+    return parse_answer(answers)
 
 
 def verify_math(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardResult:
-    boxed = last_boxed(answer)
-    if boxed is None:
+    boxed = boxed_answers(answer)
+    if not boxed:
         return format_failure("no \\boxed{} answer")
-    if not boxed.strip():
+    if not any(boxed):
         return format_failure("empty \\boxed{}")
+    shown = ", ".join(boxed)
     ok, parsed = answers_match(parse_reference(ground_truth), boxed)
     if all(isinstance(p, str) for p in parsed):  # Math-Verify kept only the raw string
-        return format_failure("unparsable answer", answer=boxed)
-    return RewardResult(1.0 if ok else 0.0, details={"answer": boxed})
+        return format_failure("unparsable answer", answer=shown)
+    return RewardResult(1.0 if ok else 0.0, details={"answer": shown})

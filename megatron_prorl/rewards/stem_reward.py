@@ -2,8 +2,9 @@
 
 The reference decides the kind: a single letter (``"C"``, ``"(C)"``) is a multiple-choice key,
 anything else is compared like math (Math-Verify), with a normalised string comparison for
-short textual answers Math-Verify cannot parse. The response's answer is its last \\boxed{};
-for multiple choice, "answer is (C)" / "Answer: C" is accepted when nothing is boxed.
+short textual answers Math-Verify cannot parse. The response's answer is its boxed answer, read
+as for math (several boxes make one multi-part answer); for multiple choice, its last box, or
+"answer is (C)" / "Answer: C" when nothing is boxed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Optional
 
-from megatron_prorl.rewards.math_reward import answers_match, parse_gold
+from megatron_prorl.rewards.math_reward import answers_match, parse_gold, reference_answers
 from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
-from megatron_prorl.rewards.text import last_boxed
+from megatron_prorl.rewards.text import boxed_answers
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RewardsConfig
@@ -50,24 +51,25 @@ def _plain(text: str) -> str:
 def verify_stem(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardResult:
     if not isinstance(ground_truth, str) or not ground_truth.strip():
         raise GroundTruthError(f"stem ground_truth must be a non-empty string, got {ground_truth!r:.200}")
-    boxed = last_boxed(answer)
+    boxed = boxed_answers(answer)
     if _is_choice_key(ground_truth):
         key = choice_letter(ground_truth)
-        if boxed is not None:
-            letter = choice_letter(boxed)
+        if boxed:
+            letter = choice_letter(boxed[-1])
         else:
             stated = _STATED_CHOICE.findall(answer)
             letter = stated[-1].upper() if stated else None
         if letter is None:
-            return format_failure("no choice letter", answer=boxed)
+            return format_failure("no choice letter", answer=boxed[-1] if boxed else None)
         return RewardResult(float(letter == key), details={"answer": letter})
-    if boxed is None:
+    if not boxed:
         return format_failure("no \\boxed{} answer")
-    if not boxed.strip():
+    if not any(boxed):
         return format_failure("empty \\boxed{}")
-    gold = parse_gold(ground_truth)
+    shown, reference = ", ".join(boxed), reference_answers(ground_truth)
+    gold = parse_gold(reference)
     if gold:
         ok, _ = answers_match(gold, boxed)
         if ok:
-            return RewardResult(1.0, details={"answer": boxed})
-    return RewardResult(float(_plain(boxed) == _plain(ground_truth)), details={"answer": boxed})
+            return RewardResult(1.0, details={"answer": shown})
+    return RewardResult(float(_plain(shown) == _plain(", ".join(reference))), details={"answer": shown})

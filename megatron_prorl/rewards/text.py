@@ -1,5 +1,6 @@
-"""Pure text extraction shared by the verifiers: the answer part of a response, the last
-\\boxed{} content, the last <answer> tag, the last fenced Python block."""
+"""Pure text extraction shared by the verifiers: the answer part of a response, the boxed
+contents of its (possibly multi-part) final answer, the last <answer> tag, the last fenced
+Python block."""
 
 from __future__ import annotations
 
@@ -25,24 +26,23 @@ def answer_part(response: str) -> Optional[str]:
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# Math-Verify's rule for one answer written in several boxes (latex2sympy2_extended 1.11.0, the
+# normaliser of math-verify 0.9.0: math_normalization.extract_boxed_content, mode "last").
+_BOX_GAP_NEAR, _BOX_GAP_FAR = 10, 70
+_BOX_SEPARATOR = re.compile(r"\b(and|or)\b|,|;")
 
 
-def last_boxed(text: str) -> Optional[str]:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox``), nested braces balanced, escaped
-    braces (``\\{``) taken as content. ``\\boxed 5`` (no braces) gives the next token.
-    None when there is none or the last one is unbalanced."""
-    matches = list(_BOXED.finditer(text))
-    if not matches:
-        return None
-    i = matches[-1].end()
+def _box(text: str, match: re.Match) -> Optional[tuple[str, int, bool]]:
+    """(content, end just past it, braced?) of the box ``match`` opens; None when unbalanced."""
+    i = match.end()
     while i < len(text) and text[i] == " ":
         i += 1
     if i >= len(text):
         return None
     if text[i] != "{":
         token = re.match(r"[^\s$]+", text[i:])
-        return token.group(0) if token else None
-    depth, start, i = 0, i + 1, i
+        return (token.group(0), i + token.end(), False) if token else None
+    depth, start = 0, i + 1
     while i < len(text):
         ch = text[i]
         if ch == "\\":
@@ -53,9 +53,36 @@ def last_boxed(text: str) -> Optional[str]:
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i]
+                return text[start:i], i + 1, True
         i += 1
     return None
+
+
+def boxed_answers(text: str) -> list[str]:
+    """The final answer's boxed contents, stripped, left to right: one for ``\\boxed{5}``,
+    several for a multi-part answer (``x = \\boxed{3}, y = \\boxed{5}``; ``\\boxed{1} papers and
+    \\boxed{2} bins``), grouped as Math-Verify groups them: walking left from the last box, an
+    earlier box belongs to the answer while the text between it and the next one is under 10
+    characters, or under 70 with "and", "or", "," or ";" in it and a content other than the
+    next one's; an immediate repeat counts once.
+
+    A box is ``\\boxed{...}`` or ``\\fbox{...}`` with nested braces balanced and escaped braces
+    (``\\{``) taken as content; ``\\boxed 5`` (no braces) gives the next token, as the last box
+    only. [] when there is no box or the last one is unbalanced (cut off)."""
+    answers: list[str] = []
+    start = len(text)  # where the leftmost box taken so far opens
+    for match in reversed(list(_BOXED.finditer(text))):
+        box = _box(text, match)
+        if box is None or box[1] > start or (answers and not box[2]):
+            break  # unbalanced, around the next box, or brace-less and not the last
+        content, gap = box[0].strip(), text[box[1]:start]
+        if answers and not (len(gap) < _BOX_GAP_NEAR or (
+                content != answers[-1] and len(gap) < _BOX_GAP_FAR and _BOX_SEPARATOR.search(gap))):
+            break
+        if not answers or content != answers[-1]:
+            answers.append(content)
+        start = match.start()
+    return answers[::-1]
 
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)

@@ -1,4 +1,5 @@
-"""Decoupled-clip policy loss, aggregation, micro-batch exactness, TIS and the total loss."""
+"""Decoupled-clip policy loss with verl's dual-clip, aggregation, micro-batch exactness, TIS and
+the total loss."""
 
 import math
 
@@ -9,6 +10,7 @@ from megatron_prorl.algo import (
     AGG_MODES,
     MAX_METRICS,
     aggregate,
+    decoupled_clip,
     normalisers,
     policy_loss,
     tis_weights,
@@ -55,6 +57,75 @@ def test_clip_boundaries_values_gradients_and_metrics():
     assert metrics["ratio_mean"].item() == pytest.approx(ratio.mean().item())
     assert metrics["ratio_max"].item() == pytest.approx(1.41)
     assert all(v.dim() == 0 and not v.requires_grad for v in metrics.values())
+
+
+# One token per case, eps_low=0.2, eps_high=0.4, clip_ratio_c=3:
+# (advantage, ratio, per-token loss, its derivative in logp, capped by dual-clip?, note)
+DUAL_CASES = [
+    (-1.0, 2.9, 2.9, 2.9, False, "A<0 just under the cap: -A * r"),
+    (-1.0, 3.1, 3.0, 0.0, True, "A<0 just over the cap: c * |A|, constant"),
+    (-2.0, 10.0, 6.0, 0.0, True, "A<0 far over the cap"),
+    (1.0, 10.0, -1.4, 0.0, False, "A>0 is never capped (clipped at 1 + eps_high)"),
+    (-1.0, 0.5, 0.8, 0.0, False, "A<0 below 1 - eps_low: the ordinary clip"),
+]
+
+
+def _dual(c):
+    adv = torch.tensor([[a for a, *_ in DUAL_CASES]], dtype=F64)
+    log_ratio = torch.tensor([[r for _, r, *_ in DUAL_CASES]], dtype=F64).log().requires_grad_()
+    loss, ind = decoupled_clip(log_ratio, adv, torch.ones_like(adv, dtype=torch.bool), eps_low=0.2, eps_high=0.4,
+                               clip_ratio_c=c)
+    loss.sum().backward()
+    return loss.detach()[0], log_ratio.grad[0], ind
+
+
+def test_dual_clip_caps_negative_advantages_at_c_times_abs_a():
+    loss, grad, ind = _dual(3.0)
+    torch.testing.assert_close(loss, torch.tensor([c[2] for c in DUAL_CASES], dtype=F64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, torch.tensor([c[3] for c in DUAL_CASES], dtype=F64), rtol=1e-12, atol=0)
+    assert ind["clip_frac_dual"][0].tolist() == [c[4] for c in DUAL_CASES]
+
+
+def test_dual_clip_disabled_keeps_the_plain_surrogate():
+    loss, grad, ind = _dual(None)
+    # The two capped tokens go back to -A * r with gradient -A * r; the rest are unchanged.
+    torch.testing.assert_close(loss, torch.tensor([2.9, 3.1, 20.0, -1.4, 0.8], dtype=F64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, torch.tensor([2.9, 3.1, 20.0, 0.0, 0.0], dtype=F64), rtol=1e-12, atol=0)
+    assert not ind["clip_frac_dual"].any()
+
+
+def test_dual_clip_through_policy_and_total_loss():
+    adv = torch.tensor([[a for a, *_ in DUAL_CASES]], dtype=F64)
+    logp = torch.tensor([[r for _, r, *_ in DUAL_CASES]], dtype=F64).log().requires_grad_()
+    old, mask, n = torch.zeros_like(logp), torch.ones_like(adv), len(DUAL_CASES)
+    loss, m = policy_loss(logp, old, adv, mask)  # verl's default c = 3 applies
+    assert loss.item() == pytest.approx(sum(c[2] for c in DUAL_CASES) / n)
+    assert m["clip_frac_dual"].item() == pytest.approx(2 / n)
+    loss, m = total_loss(logp, old, adv, mask, clip_ratio_c=5.0)  # the trainer's keyword flows through
+    assert loss.item() == pytest.approx((2.9 + 3.1 + 10.0 - 1.4 + 0.8) / n)  # only A=-2, r=10 capped (at 10)
+    assert m["clip_frac_dual"].item() == pytest.approx(1 / n)
+    loss.backward()
+    torch.testing.assert_close(logp.grad[0], torch.tensor([2.9, 3.1, 0.0, 0.0, 0.0], dtype=F64) / n)
+    with pytest.raises(ValueError, match="clip_ratio_c=1.0: must be > 1"):
+        policy_loss(logp, old, adv, mask, clip_ratio_c=1.0)
+
+
+def test_dual_clip_matches_verl():
+    """verl's compute_policy_loss (core_algos.py at 26b5d6b), transcribed, on random tokens."""
+    g = torch.Generator().manual_seed(7)
+    log_ratio = torch.randn(64, 32, generator=g, dtype=F64) * 1.5  # ratios from ~0.01 to ~100
+    adv = torch.randn(64, 32, generator=g, dtype=F64)
+    ratio = torch.exp(log_ratio)
+    pg_losses1 = -adv * ratio
+    pg_losses2 = -adv * torch.clamp(ratio, 1 - 0.2, 1 + 0.4)
+    clip_pg_losses1 = torch.maximum(pg_losses1, pg_losses2)
+    pg_losses3 = -adv * 3.0
+    clip_pg_losses2 = torch.min(pg_losses3, clip_pg_losses1)
+    verl = torch.where(adv < 0, clip_pg_losses2, clip_pg_losses1)
+    verl_clipfrac_lower = torch.gt(clip_pg_losses1, pg_losses3) * (adv < 0)
+    ours, ind = decoupled_clip(log_ratio, adv, torch.ones_like(adv, dtype=torch.bool), eps_low=0.2, eps_high=0.4)
+    torch.testing.assert_close(ours, verl, rtol=0, atol=0)
+    assert torch.equal(ind["clip_frac_dual"], verl_clipfrac_lower) and ind["clip_frac_dual"].any()
 
 
 def test_per_response_and_per_token_advantages_agree():
@@ -192,7 +263,7 @@ def test_total_loss_by_hand():
     assert loss.item() == pytest.approx(-1 + 0.1 * -0.25 - 0.01 * 3)
     assert {k: round(m[k].item(), 12) for k in ("loss", "pg_loss", "kl", "entropy")} == {
         "loss": -1.055, "pg_loss": -1.0, "kl": -0.25, "entropy": 3.0}
-    assert {"clip_frac_low", "clip_frac_high", "ratio_mean", "ratio_max"} <= m.keys()
+    assert {"clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean", "ratio_max"} <= m.keys()
     loss.backward()
     torch.testing.assert_close(logp.grad, torch.full((1, 2), (-1 + 0.1) / 2, dtype=F64))
 

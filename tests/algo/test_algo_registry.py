@@ -28,7 +28,7 @@ def rloo(rewards, group_size, eps=0.0, scale_by_std=False):
 
 
 @register_policy_loss("test_reinforce")
-def reinforce(log_ratio, advantages, mask, *, eps_low, eps_high):
+def reinforce(log_ratio, advantages, mask, *, eps_low, eps_high, **_):  # **_: the trainer passes clip_ratio_c
     return -advantages * log_ratio, {"positive_frac": advantages > 0}
 
 
@@ -43,7 +43,7 @@ def test_user_estimators_are_used_by_name():
 
     logp = torch.zeros(1, 2, requires_grad=True)
     loss, metrics = policy_loss(logp, torch.zeros(1, 2), torch.tensor([[2.0, -1.0]]), torch.ones(1, 2),
-                                kind="test_reinforce")
+                                kind="test_reinforce", clip_ratio_c=3.0)
     loss.backward()
     torch.testing.assert_close(logp.grad, torch.tensor([[-1.0, 0.5]]))
     assert metrics["positive_frac"].item() == 0.5

@@ -16,7 +16,7 @@ import pytest
 from megatron_prorl.config import DataSourceConfig
 from megatron_prorl.data import BadRowWarning, load_source
 from megatron_prorl.data.code_tests import decode_lcb_private
-from megatron_prorl.data.formats import last_boxed
+from megatron_prorl.data.formats import final_answer
 from megatron_prorl.data.schema import BadRow
 
 
@@ -83,10 +83,13 @@ def test_scp116k_answer_choice(fixtures):
     assert all(r.domain == "stem" for r in rows) and rows[0].extra == {"discipline": "Physics"}
 
 
-def test_last_boxed_balances_braces():
-    assert last_boxed("a \\boxed{1} then \\boxed{\\frac{a}{b}} end") == "\\frac{a}{b}"
-    assert last_boxed("\\fbox{x^{2}}") == "x^{2}"
-    assert last_boxed("\\boxed{unclosed") is None and last_boxed("none") is None
+def test_final_answer_balances_braces_and_keeps_every_part():
+    assert final_answer("so \\boxed{\\frac{a}{b}} end") == "\\frac{a}{b}"
+    assert final_answer("\\fbox{x^{2}}") == "x^{2}"
+    assert final_answer("\\boxed{1} papers and \\boxed{2} bins") == "\\boxed{1}, \\boxed{2}"
+    assert final_answer("first \\boxed{7}. A long derivation follows, far longer than seventy characters, "
+                        "before the result \\boxed{9}") == "9"
+    assert final_answer("\\boxed{unclosed") is None and final_answer("none") is None
 
 
 def test_instruction_following_kwargs_cleaned(fixtures):

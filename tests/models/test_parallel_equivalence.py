@@ -137,7 +137,8 @@ def test_layout_matches_tp1(layout, hf_model_dir, baseline):
     assert torch.equal(got["mask"], baseline["mask"])
     torch.testing.assert_close(got["logprobs"][mask], baseline["logprobs"][mask], rtol=0, atol=2e-5)
     torch.testing.assert_close(got["entropy"][mask], baseline["entropy"][mask], rtol=0, atol=2e-5)
-    for name in ("loss", "pg_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "ratio_mean", "ratio_max"):
+    for name in ("loss", "pg_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean",
+                 "ratio_max"):
         assert got["metrics"][name] == pytest.approx(baseline["metrics"][name], rel=1e-5, abs=1e-6), name
     assert got["grads"].keys() == baseline["grads"].keys()
     for name, grad in baseline["grads"].items():

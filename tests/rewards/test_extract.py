@@ -5,23 +5,42 @@ from __future__ import annotations
 import pytest
 
 from megatron_prorl.rewards import VERIFIERS, score_detailed
-from megatron_prorl.rewards.text import answer_part, answer_tag, last_boxed, last_code_block
+from megatron_prorl.rewards.text import answer_part, answer_tag, boxed_answers, last_code_block
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("so \\boxed{42}.", "42"),
-    ("\\boxed{1} then \\boxed{2}", "2"),  # the last one
-    ("\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{1}{\\sqrt{2}}"),  # nested braces
-    ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces are content
-    ("\\fbox{7}", "7"),
-    ("\\boxed 5 apples", "5"),
-    ("\\boxed{}", ""),
-    ("no box", None),
-    ("\\boxed{\\frac{1}{2}", None),  # unbalanced: cut off
-    ("\\boxedx{3}", None),
+    ("so \\boxed{42}.", ["42"]),
+    ("\\boxed{\\frac{1}{\\sqrt{2}}}", ["\\frac{1}{\\sqrt{2}}"]),  # nested braces
+    ("\\boxed{\\{1, 2\\}}", ["\\{1, 2\\}"]),  # escaped braces are content
+    ("\\fbox{ 7 }", ["7"]),
+    ("\\boxed 5 apples", ["5"]),
+    ("\\boxed{}", [""]),
+    ("no box", []),
+    ("\\boxed{1} and \\boxed{\\frac{1}{2}", []),  # the last one unbalanced: cut off
+    ("\\boxedx{3}", []),
 ])
-def test_last_boxed(text, expected):
-    assert last_boxed(text) == expected
+def test_boxed_answers_reads_a_box(text, expected):
+    assert boxed_answers(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("\\boxed{1} papers and \\boxed{2} bins", ["1", "2"]),  # separator within 70 characters
+    ("x = \\boxed{3}, y = \\boxed{5}", ["3", "5"]),
+    ("\\boxed{1}\\boxed{2}\\boxed{3}", ["1", "2", "3"]),
+    ("\\boxed{1} then \\boxed{2}", ["1", "2"]),  # under 10 characters apart: no separator needed
+    ("\\boxed{4}, so \\boxed{4}", ["4"]),  # a repeat counts once
+    ("\\boxed{2}, \\boxed{4}, \\boxed{2}", ["2", "4", "2"]),  # only an immediate repeat
+    ("First \\boxed{7} was wrong. After more work we find \\boxed{9}", ["9"]),  # 10+ apart, no separator
+    ("\\boxed{7}, " + "x" * 70 + " \\boxed{9}", ["9"]),  # separator but 70+ apart
+    ("\\boxed{3} and again the answer \\boxed{3}", ["3"]),  # same content 10+ apart: not joined
+    ("\\boxed{\\boxed{3}}", ["3"]),  # a box around the next one ends the run
+    ("\\boxed 2 and \\boxed{3}", ["3"]),  # a brace-less box only counts as the last one
+])
+def test_boxed_answers_groups_a_multi_part_answer_as_math_verify_does(text, expected):
+    from latex2sympy2_extended.math_normalization import extract_boxed_content  # Math-Verify's own rule
+
+    assert boxed_answers(text) == expected
+    assert ",".join(expected) == extract_boxed_content(text, mode="last")
 
 
 def test_answer_part_excludes_reasoning():

@@ -111,3 +111,48 @@ def test_sentence_splitter():
     assert split_sentences("Mr. Smith paid 3.50 dollars. Was it e.g. fair? Yes!") == [
         "Mr. Smith paid 3.50 dollars.", "Was it e.g. fair?", "Yes!"]
     assert len(split_sentences("J. R. R. Tolkien wrote it. The end.")) == 2
+
+
+# Google's checker counts sentences with NLTK punkt, which ends them only at . ! ? (never at a line
+# break alone) and knows abbreviations.
+@pytest.mark.parametrize("text, sentences", [
+    ("My Title\n\nThe first sentence. The second one.", ["My Title\n\nThe first sentence.", "The second one."]),
+    ("Steps:\n\n1. Mix the flour.\n2. Bake it.", ["Steps:\n\n1. Mix the flour.", "2. Bake it."]),
+    ("I moved to the U.S.A. last year. It was great.", ["I moved to the U.S.A. last year.", "It was great."]),
+    ("I love the U.S.A. It is big.", ["I love the U.S.A.", "It is big."]),
+    ("It ended in 2019. Then it began again!\n\nThe end", ["It ended in 2019.", "Then it began again!",
+                                                            "The end"]),
+])
+def test_sentences_end_at_punctuation_not_at_titles_or_list_numbers(text, sentences):
+    assert split_sentences(text) == sentences
+    gt = {"instruction_id_list": ["length_constraints:number_sentences"],
+          "kwargs": [{"num_sentences": len(sentences), "relation": "at least"}]}
+    assert score("ifeval", text, gt) == 1.0
+    gt["kwargs"][0]["num_sentences"] += 1
+    assert score("ifeval", text, gt) == 0.0
+
+
+@pytest.mark.parametrize("marker, text, followed", [
+    ("P.S.", "Thanks for reading. P.S. I will call you.", True),  # mid-line, as Google's checker
+    ("P.S.", "See you soon (p. s. bring snacks)", True),
+    ("p.s.", "Bye. PS. no dots", False),
+    ("P.P.S", "Bye. P.S. one. P.P.S two.", True),
+    ("P.P.S", "Bye. P.S. one.", False),
+    ("P.S.", "Mind your ps and qs.", False),
+])
+def test_postscript_marker_counts_anywhere(marker, text, followed):
+    gt = {"instruction_id_list": ["detectable_content:postscript"], "kwargs": [{"postscript_marker": marker}]}
+    assert score("ifeval", text, gt) == float(followed)
+
+
+@pytest.mark.parametrize("text, capitalised", [
+    ("We met in the U.S.A. today", 1),  # one word, as NLTK's tokenizer keeps it
+    ("We met in the U.S.A.", 1),
+    ("NASA's new rocket", 1),  # NLTK: NASA + 's
+    ("BIG and STRONG well-known WELL-KNOWN", 3),  # hyphenated words are one, as in NLTK
+    ("DON'T PANIC", 2),  # a contraction is one word (NLTK: DO + N'T + PANIC = 3)
+    ("E.G. 3.14 A", 2),
+])
+def test_capitalised_words(text, capitalised):
+    check = CHECKS["change_case:capital_word_frequency"]
+    assert check(text, capital_frequency=capitalised, capital_relation="exactly")

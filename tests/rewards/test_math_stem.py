@@ -1,4 +1,5 @@
-"""Math (Math-Verify on the last \\boxed{}) and STEM (choice letters, numeric/symbolic)."""
+"""Math (Math-Verify on the \\boxed{} answer, multi-part answers included) and STEM (choice letters,
+numeric/symbolic)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,39 @@ def test_math_reasoning_box_never_counts():
     assert score("math", "<think>\\boxed{4}</think> \\boxed{5}", "5") == 1.0
 
 
+PAPERS_AND_BINS = "There are \\boxed{1} papers and \\boxed{2} bins."  # a reference in several boxes
+
+
+@pytest.mark.parametrize("response, gold, reward", [
+    ("So \\boxed{1} paper and \\boxed{2} bins.", PAPERS_AND_BINS, 1.0),
+    ("\\boxed{2} bins and \\boxed{1} paper", PAPERS_AND_BINS, 1.0),  # the parts form a set: any order
+    ("\\boxed{1, 2}", PAPERS_AND_BINS, 1.0),  # one box holding both parts
+    ("\\boxed{2}", PAPERS_AND_BINS, 0.0),  # the last part alone is not the answer
+    ("\\boxed{1} and \\boxed{2} and \\boxed{3}", PAPERS_AND_BINS, 0.0),  # nor is an extra part
+    ("\\boxed{\\frac{1}{2}} and \\boxed{0.25}", "\\boxed{0.5} and \\boxed{\\frac14}", 1.0),  # parts compared by value
+    ("The roots are \\boxed{-1} and \\boxed{3}.", "\\boxed{3} or \\boxed{-1}", 1.0),
+    ("x = \\boxed{3}, y = \\boxed{-5}", "\\boxed{3}", 0.0),  # a multi-part response against one answer
+    # An earlier box joins the answer when a comma, "and", "or" or ";" lies within 70 characters ...
+    ("We guess \\boxed{4}. Checking, it fails, so the answer is \\boxed{5}.", "\\boxed{5}", 0.0),
+    ("We guess \\boxed{4}. That fails. The answer is \\boxed{5}.", "\\boxed{5}", 1.0),  # ... not otherwise
+])
+def test_math_multi_part_answers_are_read_as_math_verify_reads_them(response, gold, reward):
+    from math_verify import parse, verify
+
+    from megatron_prorl.rewards.math_reward import _extraction_config
+
+    assert score_detailed("math", response, gold).reward == reward
+    # Math-Verify itself, on the raw texts (both boxed), agrees.
+    assert verify(parse(gold, _extraction_config()), parse(response, _extraction_config())) == bool(reward)
+
+
+def test_math_multi_part_details_and_plain_references():
+    result = score_detailed("math", boxed("3") + " and \\boxed{-5}", "3, -5")  # a plain reference: one set
+    assert (result.reward, result.details["answer"]) == (1.0, "3, -5")
+    assert score("math", "x = \\boxed{3}, y = \\boxed{-5}", "-5") == 0.0
+    assert score_detailed("math", "\\boxed{}, \\boxed{ }", "5").reason == "empty \\boxed{}"
+
+
 @pytest.mark.parametrize("response, reason", [
     ("The answer is 5.", "no \\boxed{} answer"),
     ("\\boxed{}", "empty \\boxed{}"),
@@ -106,6 +140,14 @@ def test_stem_multiple_choice_malformed():
 ])
 def test_stem_short_answers(response, gold, reward):
     assert score("stem", response, gold) == reward
+
+
+def test_stem_multi_part_answers():
+    assert score("stem", "t = \\boxed{2.0}, h = \\boxed{19.6}", "2, 19.6") == 1.0
+    assert score("stem", "t = \\boxed{2.0}, h = \\boxed{19.6}", "19.6") == 0.0
+    assert score("stem", "\\boxed{19.6}", "t = \\boxed{2}, h = \\boxed{19.6}") == 0.0  # a boxed reference
+    assert score("stem", "\\boxed{19.6} and \\boxed{2}", "t = \\boxed{2}, h = \\boxed{19.6}") == 1.0
+    assert score("stem", "I think \\boxed{A}, no: \\boxed{C}", "C") == 1.0  # a choice is the last box
 
 
 def test_stem_malformed():
