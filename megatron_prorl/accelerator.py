@@ -7,6 +7,7 @@ config asks for them; these helpers turn their absence into one sentence naming 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from functools import lru_cache
 
 import torch
@@ -36,9 +37,10 @@ def missing_for_transformer_engine() -> str:
 
 
 def missing_for_tensorrt_llm() -> str:
-    """Empty when TensorRT-LLM can be used, else what is missing."""
+    """Empty when TensorRT-LLM can be used, else what is missing. Looked up without importing:
+    its import initialises MPI, which the adapter does only in a scrubbed environment."""
     if not has_cuda():
         return "a CUDA GPU (torch.cuda.is_available() is False)"
-    if not _importable("tensorrt_llm"):
+    if importlib.util.find_spec("tensorrt_llm") is None:
         return "the 'tensorrt_llm' package (it ships in NVIDIA's containers; it is not on PyPI)"
     return ""

@@ -136,6 +136,14 @@ class RolloutConfig:
     # Put the engine to sleep (release its accelerator memory) for the update, and wake it for
     # the weight sync and the next generation (colocated GPU runs).
     sleep_during_training: bool = True
+    # TensorRT-LLM: share of the GPU memory still free once the trainer's model and the engine's
+    # weights are loaded that the engine's KV cache takes (KvCacheConfig.free_gpu_memory_fraction;
+    # TensorRT-LLM's own default, 0.9, leaves a colocated trainer nothing). The cache is released
+    # while training (sleep_during_training) but comes back at the same size on wake, so the rest
+    # must hold what the trainer allocates after the engine starts: optimizer states, gradients,
+    # activations. Raise it for more concurrent sequences, lower it on an out-of-memory at the
+    # first update.
+    kv_cache_memory_fraction: float = 0.5
     # Weight-sync bucket size in MB.
     sync_bucket_mb: int = 512
     # How shards reach the engine rank: "collective" (TP gather, PP send), "shared_memory" (CPU
@@ -362,6 +370,14 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
                        max_new_tokens=("rollout.max_response_length", r.max_response_length))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if not 0 < r.kv_cache_memory_fraction <= 1:
+        raise ConfigError(f"rollout.kv_cache_memory_fraction={r.kv_cache_memory_fraction}: must be in (0, 1]")
+    if r.engine_tensor_parallel_size < 1:
+        raise ConfigError(f"rollout.engine_tensor_parallel_size={r.engine_tensor_parallel_size}: must be >= 1")
+    if r.engine == "tensorrt_llm" and r.engine_tensor_parallel_size != 1:
+        raise ConfigError(f"rollout.engine_tensor_parallel_size={r.engine_tensor_parallel_size}: the TensorRT-LLM "
+                          "engine runs on its trainer rank's own GPU (1); several GPUs per engine are not "
+                          "supported yet")
     if r.engine_max_batch_size is not None and r.engine_max_batch_size < 1:
         raise ConfigError(f"rollout.engine_max_batch_size={r.engine_max_batch_size}: must be >= 1 (or null)")
     _validate_data(cfg.data)

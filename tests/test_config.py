@@ -48,6 +48,8 @@ def test_overrides_are_typed():
     ("algo.kl_clamp=0", "algo.kl_clamp=0"),
     ("batch.prompts_per_mini_batch=48", "batch.prompts_per_mini_batch=48 does not divide batch.prompts_per_step=256"),
     ("novalue", "key=value"),
+    ("rollout.kv_cache_memory_fraction=1.5", "rollout.kv_cache_memory_fraction=1.5: must be in (0, 1]"),
+    ("rollout.kv_cache_memory_fraction=0", "rollout.kv_cache_memory_fraction=0.0: must be in (0, 1]"),
 ])
 def test_bad_override_names_the_key(override, expected):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("(", r"\(")):
@@ -120,3 +122,15 @@ def test_overrides_reach_into_lists():
     assert cfg.trainer.stages[0].steps == 7 and cfg.data.train[0].size == 5
     with pytest.raises(ConfigError, match="key 'trainer.stages.5.steps' is not a config key"):
         load_config(ROOT / "configs/tiny_cpu.yaml", ["trainer.stages.5.steps=7"])
+
+
+def test_kv_cache_fraction_default_leaves_room_for_a_colocated_trainer():
+    # TensorRT-LLM's own default (0.9 of the free memory) would leave the trainer nothing.
+    assert load_config().rollout.kv_cache_memory_fraction == 0.5
+    assert load_config(overrides=["rollout.kv_cache_memory_fraction=0.8"]).rollout.kv_cache_memory_fraction == 0.8
+
+
+def test_tensorrt_llm_engine_over_several_gpus_is_refused():
+    load_config(overrides=["rollout.engine_tensor_parallel_size=2"])  # the transformers engine ignores it
+    with pytest.raises(ConfigError, match="rollout.engine_tensor_parallel_size=2: the TensorRT-LLM engine runs on"):
+        load_config(overrides=["rollout.engine=tensorrt_llm", "rollout.engine_tensor_parallel_size=2"])
