@@ -2,6 +2,7 @@
 
     prorl train CONFIG [key=value ...] [--nproc N]
     prorl plot RUN_DIR [--out DIR]
+    prorl data prepare --out DIR [--only DOMAIN ...]   (see megatron_prorl/data/prepare.py)
 
 Under torchrun or srun, `prorl train` joins the job as one rank. Run directly, it starts
 ``--nproc`` local processes itself (default: tensor x pipeline parallel size), so a CPU run at
@@ -86,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--out", default=None)
     p.set_defaults(func=plot)
+    from megatron_prorl.data import prepare
+
+    d = sub.add_parser("data", help="training data").add_subparsers(dest="data_command", required=True)
+    dp = d.add_parser("prepare", help="write the paper config's data files from ProRL's public datasets")
+    prepare.add_arguments(dp)
+    dp.set_defaults(func=prepare.run)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

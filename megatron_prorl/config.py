@@ -159,7 +159,8 @@ class DataSourceConfig:
     # megatron_prorl.rewards.VERIFIERS); "" takes the domain the format or generator gives.
     # For files whose rows span domains (prorl, eurus2) it keeps that domain's rows only.
     domain: str = ""
-    # A local JSONL/JSON/Parquet file or a saved `datasets` directory, or a generator:
+    # A local JSONL/JSON/Parquet file or a saved `datasets` directory, a hub dataset
+    # "hf:NAME[?name=CONFIG&split=SPLIT]" (megatron_prorl/data/readers.py), or a generator:
     # "reasoning_gym:TASK[?config]" or "arithmetic:add" (megatron_prorl/data/generators.py).
     path: str = ""
     # Format of the file: "prorl" (our row schema) or a public format converter name
@@ -168,7 +169,8 @@ class DataSourceConfig:
     weight: float = 1.0
     # For generator sources: how many problems to generate.
     size: int = 1000
-    # For a saved DatasetDict directory: which split (null: its only split).
+    # For a saved DatasetDict directory: which split (null: its only split); for a hub
+    # dataset whose path names no split: which one (null: "train").
     split: Optional[str] = None
 
 

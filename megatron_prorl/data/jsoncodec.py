@@ -2,20 +2,22 @@
 
 Plain JSON turns tuples into lists and integer dict keys into strings, and some Reasoning Gym
 scorers compare against exactly those objects (arc_agi and rearc compare tuple grids: a plain
-round trip turns a correct answer's score from 1.0 into 0.05). Files therefore store ground
-truths through :func:`encode`, which tags what JSON cannot express, and :func:`decode` restores
-it. Plain JSON passes through both unchanged. :func:`parse_field` reads a field that holds
+round trip turns a correct answer's score from 1.0 into 0.05); gsm_symbolic keeps
+``fractions.Fraction`` values in its metadata, which plain JSON cannot store at all. Files
+therefore store ground truths through :func:`encode`, which tags what JSON cannot express, and
+:func:`decode` restores it. Plain JSON passes through both unchanged. :func:`parse_field` reads a field that holds
 JSON text (Arrow columns store nested values of varying shape that way).
 """
 
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from typing import Any
 
 from megatron_prorl.data.schema import BadRow
 
-_TUPLE, _SET, _ITEMS = "__tuple__", "__set__", "__items__"
+_TUPLE, _SET, _ITEMS, _FRACTION = "__tuple__", "__set__", "__items__", "__fraction__"
 
 
 def encode(obj: Any) -> Any:
@@ -30,6 +32,8 @@ def encode(obj: Any) -> Any:
         return {_SET: [encode(v) for v in sorted(obj, key=repr)]}
     if isinstance(obj, list):
         return [encode(v) for v in obj]
+    if isinstance(obj, Fraction):
+        return {_FRACTION: str(obj)}
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     raise TypeError(f"cannot store a {type(obj).__name__} in JSON: {obj!r:.60}")
@@ -48,6 +52,8 @@ def decode(obj: Any) -> Any:
                 return {decode(v) for v in value}
             if tag == _ITEMS:
                 return {decode(k): decode(v) for k, v in value}
+            if tag == _FRACTION:
+                return Fraction(value)
         return {k: decode(v) for k, v in obj.items()}
     return obj
 

@@ -1,19 +1,20 @@
 """Loading configured data sources into rows, with every dropped row accounted for.
 
-:func:`load_source` reads one source (a file in any format of :data:`FORMATS`, or a generator
-path) and converts, checks and counts its rows: a *bad* row (missing field, wrong type, unknown
-domain, unparsable tests) is skipped with a :class:`BadRowWarning` naming the file and row (the
+:func:`load_source` reads one source (a file or a hub dataset ``hf:NAME?...``, see
+:func:`readers.read_hub`, in any format of :data:`FORMATS`; or a generator path) and converts,
+checks and counts its rows: a *bad* row (missing field, wrong type, unknown domain, unparsable
+tests) is skipped with a :class:`BadRowWarning` naming the file and row (the
 first ten per file, then a total); a *dropped* row (well formed but unusable: no checkable
 answer, another domain than the source keeps) is only counted, by reason. A source left with no
 rows is an error naming it.
 
 :func:`load_data` loads the train and val sources of a ``DataConfig``, drops (or, with
 ``overlong_prompts: truncate``, counts) prompts longer than ``max_prompt_length``, and drops
-train rows whose problem also appears in val, so validation stays held out (val is kept whole:
-a small procedural space such as arithmetic:add is covered by a large train set, and an
-evaluation set is the one to keep). Generators get a
-seed derived from ``data.seed``, the split and their path: train and val draw different
-problems, and the same config draws the same ones on every machine.
+train rows whose problem also appears in val (by normalised text, :func:`heldout.problem_key`),
+so validation stays held out (val is kept whole: a small procedural space such as
+arithmetic:add is covered by a large train set, and an evaluation set is the one to keep).
+Generators get a seed derived from ``data.seed``, the split and their path: train and val
+draw different problems, and the same config draws the same ones on every machine.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from megatron_prorl import builtin
-from megatron_prorl.data import generators, prompts
+from megatron_prorl.data import generators, heldout, prompts
 from megatron_prorl.data.formats import FORMATS, Skip, to_record
-from megatron_prorl.data.readers import read_records
+from megatron_prorl.data.readers import HUB_PREFIX, read_hub, read_records
 from megatron_prorl.data.schema import BadRow, Row, check_row
 
 if TYPE_CHECKING:
@@ -81,8 +82,13 @@ def load_source(src: "DataSourceConfig", seed: int = 0, name: Optional[str] = No
         raise ValueError(f"data source {src.path}: format {fmt.name!r} gives {fmt.domain} rows, "
                          f"but the source's domain is {src.domain!r}")
     source = Source(name, src.path, src.weight, [])
-    path = builtin.resolve(src.path)
-    for location, record in read_records(path, src.split):
+    if src.path.startswith(HUB_PREFIX):
+        where, records = src.path, read_hub(src.path, src.split)
+        stem = src.path.partition("?")[0].rpartition("/")[2]
+    else:
+        path = builtin.resolve(src.path)
+        where, records, stem = path, read_records(path, src.split), path.name
+    for location, record in records:
         try:
             if isinstance(record, str):
                 raise BadRow(record)
@@ -91,7 +97,7 @@ def load_source(src: "DataSourceConfig", seed: int = 0, name: Optional[str] = No
         except BadRow as exc:
             source.bad += 1
             if source.bad <= WARNINGS_PER_FILE:
-                warnings.warn(f"{path}: {location}: {exc}; row skipped", BadRowWarning, stacklevel=2)
+                warnings.warn(f"{where}: {location}: {exc}; row skipped", BadRowWarning, stacklevel=2)
             continue
         except Skip as reason:
             source.dropped[str(reason)] += 1
@@ -100,20 +106,21 @@ def load_source(src: "DataSourceConfig", seed: int = 0, name: Optional[str] = No
             source.dropped[f"domain {row.domain}, source keeps {src.domain}"] += 1
             continue
         row.source = row.source or fmt.name
-        row.id = row.id or f"{path.name}#{location.split()[-1]}"
+        row.id = row.id or f"{stem}#{location.split()[-1]}"
         source.rows.append(row)
     if source.bad > WARNINGS_PER_FILE:
-        warnings.warn(f"{path}: {source.bad} bad rows skipped in all ({source.bad - WARNINGS_PER_FILE} "
+        warnings.warn(f"{where}: {source.bad} bad rows skipped in all ({source.bad - WARNINGS_PER_FILE} "
                       "not shown)", BadRowWarning, stacklevel=2)
     if not source.rows:
-        raise ValueError(f"{path}: no usable rows ({source.summary()})")
+        raise ValueError(f"{where}: no usable rows ({source.summary()})")
     return source
 
 
 def source_label(src: "DataSourceConfig") -> str:
     """A readable name: the generator path, or the file name; with the domain it keeps, if any."""
-    label = src.path if generators.is_generator(src.path) else Path(src.path).name
-    return f"{label}[{src.domain}]" if src.domain and not generators.is_generator(src.path) else label
+    generated = generators.is_generator(src.path)
+    label = src.path if generated or src.path.startswith(HUB_PREFIX) else Path(src.path).name
+    return f"{label}[{src.domain}]" if src.domain and not generated else label
 
 
 def derive_seed(seed: int, split: str, path: str) -> int:
@@ -140,25 +147,23 @@ class Data:
 
 def load_data(cfg: "DataConfig", tokenizer=None, max_prompt_length: Optional[int] = None) -> Data:
     """All train and val sources of ``cfg``; prompt lengths are checked when a tokenizer is given."""
-    data = Data(train=_load_split(cfg, "train"), val=_load_split(cfg, "val"))
+    data = Data(train=load_split(cfg, "train"), val=load_split(cfg, "val"))
     if not data.train:
         raise ValueError("data.train has no sources")
     if tokenizer is not None and max_prompt_length is not None:
         for source in data.train + data.val:
             _apply_length_limit(source, tokenizer, max_prompt_length, cfg.overlong_prompts)
-    held_out = {(r.domain, r.prompt) for s in data.val for r in s.rows}
+    held_out = heldout.held_out_keys(r for s in data.val for r in s.rows)
     for source in data.train:
-        kept = [r for r in source.rows if (r.domain, r.prompt) not in held_out]
-        if len(kept) < len(source.rows):
-            source.dropped["also in val"] += len(source.rows) - len(kept)
-            source.rows = kept
+        heldout.drop_held_out(source, held_out, "also in val")
     for source in data.train + data.val:
         if not source.rows:
             raise ValueError(f"data source {source.path}: no rows left ({source.summary()})")
     return data
 
 
-def _load_split(cfg: "DataConfig", split: str) -> list[Source]:
+def load_split(cfg: "DataConfig", split: str) -> list[Source]:
+    """The sources of ``cfg.train`` or ``cfg.val``, named uniquely, generators seeded per split."""
     sources, names = [], Counter()
     for src in getattr(cfg, split):
         label = source_label(src)

@@ -1,4 +1,5 @@
-"""Raw records from local files: JSON Lines, JSON arrays, Parquet, saved ``datasets`` dirs.
+"""Raw records from local files (JSON Lines, JSON arrays, Parquet, saved ``datasets`` dirs)
+and from Hugging Face hub datasets (``hf:NAME?name=CONFIG&split=SPLIT&revision=REV``).
 
 Parquet files and directories written by ``Dataset.save_to_disk`` are read with Hugging Face
 ``datasets`` (Arrow is their native format). JSON files are parsed line by line with the
@@ -18,10 +19,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Iterator, Optional, Union
+from urllib.parse import parse_qsl
 
 Record = Union[dict, str]  # a record, or the reason it could not be read
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+HUB_PREFIX = "hf:"
+HUB_OPTIONS = ("name", "split", "revision")
 
 
 def read_records(path: Path, split: Optional[str] = None) -> Iterator[tuple[str, Record]]:
@@ -39,6 +43,22 @@ def read_records(path: Path, split: Optional[str] = None) -> Iterator[tuple[str,
     else:
         raise ValueError(f"{path}: unsupported data file type {path.suffix!r} "
                          f"(expected {', '.join(JSON_SUFFIXES)}, .parquet or a saved datasets directory)")
+
+
+def read_hub(spec: str, split: Optional[str] = None) -> Iterator[tuple[str, Record]]:
+    """Records of the hub dataset ``spec`` (``hf:NAME[?name=CONFIG&split=SPLIT&revision=REV]``),
+    through ``datasets.load_dataset``: its cache, or the hub unless HF_DATASETS_OFFLINE=1. The
+    split is the spec's, else ``split``, else "train"."""
+    name, _, query = spec[len(HUB_PREFIX):].partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(HUB_OPTIONS))
+    if not name or unknown:
+        raise ValueError(f"{spec!r}: expected hf:NAME[?{'&'.join(o + '=...' for o in HUB_OPTIONS)}]"
+                         + (f", got unknown option(s) {unknown}" if unknown else ""))
+    import datasets
+
+    split = options.pop("split", None) or split or "train"
+    yield from _rows(datasets.load_dataset(name, split=split, **options))
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, Record]]:

@@ -12,6 +12,7 @@ import pytest
 from megatron_prorl.config import ConfigError, DataConfig, DataSourceConfig, load_config
 from megatron_prorl.data import load_data, load_source, save_rows
 from megatron_prorl.data.prompts import prompt_lengths
+from megatron_prorl.data.schema import Row
 
 
 def rows_of(path, **kw):
@@ -41,6 +42,18 @@ def test_rearc_entry_survives_a_file_and_still_scores(tmp_path):
     for row in rows_of(tmp_path / "rearc.parquet"):
         entry = row.ground_truth["entry"]
         assert score(entry["answer"], entry) == 1.0
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.parquet"])
+def test_fractions_in_an_entry_survive_a_file(tmp_path, name):
+    # gsm_symbolic keeps fractions.Fraction values in its metadata, which plain JSON cannot store.
+    from fractions import Fraction
+
+    entry = {"question": "q", "answer": "3", "metadata": {"variables": {"initial_fraction": Fraction(2, 3)}}}
+    rows = [Row("q", "logic", {"task": "gsm_symbolic", "entry": entry})]
+    save_rows(rows, tmp_path / name)
+    loaded = rows_of(tmp_path / name)[0].ground_truth["entry"]["metadata"]["variables"]["initial_fraction"]
+    assert loaded == Fraction(2, 3) and isinstance(loaded, Fraction)
 
 
 def test_public_format_from_saved_dataset_dict(fixtures, tmp_path):
