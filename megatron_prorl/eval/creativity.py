@@ -54,7 +54,7 @@ INDEX_VERSION = 1
 MANIFEST = "manifest.json"
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 4 << 20
 DEFAULT_SHARD_WORDS = 1 << 25
 NOMATCH = np.uint32(0xFFFFFFFF)  # a query word absent from a shard
 
@@ -81,7 +81,7 @@ class _Powers:
     def ensure(self, size: int) -> None:
         if len(self.fwd) >= size:
             return
-        size = max(size, 2 * len(self.fwd))
+        size = max(size, BLOCK_BYTES + 1)  # texts are hashed in blocks of at most this
         with np.errstate(over="ignore"):
             self.fwd = np.multiply.accumulate(np.concatenate([[_U(1)], np.full(size - 1, _P)]))
             self.inv = np.multiply.accumulate(np.concatenate([[_U(1)], np.full(size - 1, _PINV)]))
@@ -121,10 +121,14 @@ def block_hashes(data: np.ndarray) -> np.ndarray:
     return h
 
 
+def byte_hashes(data: np.ndarray) -> np.ndarray:
+    """Word hashes of a byte array of any length (hashed in blocks cut between words)."""
+    return np.concatenate([block_hashes(b) for b in _split_blocks(data)] or [np.zeros(0, np.uint64)])
+
+
 def text_hashes(text: str) -> np.ndarray:
     """Word hashes of one text (NUL characters dropped: they would end a 'document')."""
-    data = np.frombuffer(text.replace("\0", " ").encode("utf-8"), np.uint8)
-    return np.concatenate([block_hashes(b) for b in _split_blocks(data)] or [np.zeros(0, np.uint64)])
+    return byte_hashes(np.frombuffer(text.replace("\0", " ").encode("utf-8"), np.uint8))
 
 
 def _split_blocks(data: np.ndarray) -> Iterator[np.ndarray]:
@@ -201,41 +205,44 @@ def sort_shard(hashes: np.ndarray, depth: int) -> dict[str, np.ndarray]:
     """The arrays of one shard: ``tokens`` (word ids, padded with ``depth`` separators), ``sa``
     (positions sorted by their next ``depth`` words), ``vocab`` (sorted word hashes; id = index,
     0 = the document separator) and ``word_start`` (the SA range of each first word)."""
-    h = np.concatenate([hashes, np.zeros(1, np.uint64)])  # a separator: id 0 always exists
-    n = len(h)
+    n = len(hashes)
     if n >= 0xFFFFFFFF - depth:
         raise ValueError(f"shard of {n} words: at most {0xFFFFFFFF - depth - 1}")
-    order = np.argsort(h, kind="stable")
-    sorted_h = h[order]
+    order = np.argsort(hashes)
+    sorted_h = hashes[order]
     new = np.empty(n, bool)
     new[0] = True
     np.not_equal(sorted_h[1:], sorted_h[:-1], out=new[1:])
     vocab = sorted_h[new]
-    del sorted_h, h
+    del sorted_h
+    shift = int(vocab[0] != 0)  # id 0 is the separator, present or not
+    vocab = np.concatenate([np.zeros(shift, np.uint64), vocab])
     tokens = np.zeros(n + depth, np.uint32)
-    tokens[order] = np.cumsum(new, dtype=np.uint32) - 1
+    tokens[order] = np.cumsum(new, dtype=np.uint32) - (1 - shift)
     sa = order.astype(np.uint32)
     del order
-    slots = np.arange(n, dtype=np.uint32)
     rank = np.zeros(n + depth, np.uint32)  # 1 + the SA slot where a position's group starts
-    rank[sa] = np.maximum.accumulate(np.where(new, slots, 0)) + 1
-    word_start = np.append(np.flatnonzero(new), n).astype(np.uint32)
+    rank[sa] = np.maximum.accumulate(np.where(new, np.arange(n, dtype=np.uint32), 0)) + 1
+    word_start = np.concatenate([np.zeros(shift, np.int64), np.flatnonzero(new), [n]]).astype(np.uint32)
     offset = 1
     while offset < depth:  # each round doubles the sorted depth, re-sorting tied groups only
-        tied = np.flatnonzero(~(new & np.append(new[1:], True)))
+        tied = np.flatnonzero(~(new & np.append(new[1:], True))).astype(np.uint32)
         if tied.size == 0:
             break
         pos = sa[tied]
-        key = (rank[pos].astype(np.uint64) << _U(32)) | rank[pos + offset]
+        key = rank[pos].astype(np.uint64) << _U(32)
+        key |= rank[pos + offset]
         o = np.argsort(key)
-        key, pos = key[o], pos[o]
+        del key
+        pos = pos[o]
         del o
         sa[tied] = pos
+        high, low = rank[pos], rank[pos + offset]
         boundary = np.empty(tied.size, bool)
         boundary[0] = True
-        np.not_equal(key[1:], key[:-1], out=boundary[1:])
-        del key
-        rank[pos] = np.maximum.accumulate(np.where(boundary, tied, 0)).astype(np.uint32) + 1
+        boundary[1:] = (high[1:] != high[:-1]) | (low[1:] != low[:-1])
+        del high, low
+        rank[pos] = np.maximum.accumulate(np.where(boundary, tied, 0)) + 1
         new[tied] = boundary
         offset *= 2
     return {"tokens": tokens, "sa": sa, "vocab": vocab, "word_start": word_start}
@@ -355,6 +362,7 @@ def build_index(corpus: str | Path, index_dir: str | Path, depth: int = 16,
         # words then lies whole in one shard.
         nonlocal pending, pending_words
         buf = np.concatenate(pending)
+        pending = []
         while len(buf) > shard_words:
             save(buf[:shard_words])
             buf = buf[shard_words - depth + 1:]
@@ -364,10 +372,10 @@ def build_index(corpus: str | Path, index_dir: str | Path, depth: int = 16,
 
     with tqdm(total=total, unit="B", unit_scale=True, desc="indexing", disable=not progress) as bar:
         for block in _documents_blocks(files, bar.update):
-            hashes = block_hashes(block)
-            words += int(np.count_nonzero(hashes))
-            pending.append(hashes)
-            pending_words += len(hashes)
+            found = byte_hashes(block)
+            words += int(np.count_nonzero(found))
+            pending.append(found)
+            pending_words += len(found)
             if pending_words > shard_words:
                 flush(final=False)
         if words == 0:

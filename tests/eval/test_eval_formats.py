@@ -19,7 +19,8 @@ def _jsonl(path, records):
 
 def test_math_benchmarks(tmp_path):
     aime = _jsonl(tmp_path / "aime_2024.jsonl", [  # HuggingFaceH4/aime_2024
-        {"id": 60, "problem": "Find x.", "solution": "... so \\boxed{204}", "answer": "204", "url": "u", "year": "2024"}])
+        {"id": 60, "problem": "Find x.", "solution": "... so \\boxed{204}", "answer": "204", "url": "u",
+         "year": "2024"}])
     aime25 = _jsonl(tmp_path / "aime2025.jsonl", [{"question": "Find y.", "answer": "70"}])  # opencompass/AIME2025
     math500 = _jsonl(tmp_path / "math500.jsonl", [  # HuggingFaceH4/MATH-500
         {"problem": "Simplify.", "solution": "\\boxed{\\frac{1}{2}}", "answer": "\\frac{1}{2}", "subject": "Algebra",

@@ -4,7 +4,6 @@ checkpoint evaluated through on-the-fly conversion; bad inputs."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 
@@ -47,7 +46,8 @@ def test_outputs_and_results_recomputable(tiny_eval):
         solved = {r["problem"] for r in mine if r["score"] == 1.0}
         assert entry["pass@k"]["4"] == pytest.approx(len(solved) / 6)  # k = n: any correct sample
         assert entry["mean_length"] == pytest.approx(sum(r["length"] for r in mine) / 24)
-    assert results["sources"]["heldout.jsonl"]["domain"] == "math" and "majority@k" in results["sources"]["heldout.jsonl"]
+    heldout = results["sources"]["heldout.jsonl"]
+    assert heldout["domain"] == "math" and "majority@k" in heldout
     assert results["sources"][RG]["headline"] == results["sources"][RG]["mean_score"]  # logic: mean reward
     assert 0 < results["domains"]["math"]["pass@k"]["1"] < 1  # the tiny model is only partly competent
     summary = (tiny_eval / "summary.md").read_text()
