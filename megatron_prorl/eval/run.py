@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from megatron_prorl.data.loader import derive_seed
 from megatron_prorl import builtin
@@ -112,44 +112,54 @@ def _settings_file(out: Path, settings: EvalSettings) -> None:
     path.write_text(json.dumps(mine, indent=1) + "\n")
 
 
-def read_samples(path: Path) -> list[dict]:
-    """The records of a samples.jsonl; a cut-off last line (an interrupted write) is ignored."""
+def _lines(path: Path) -> Iterator[tuple[str, dict]]:
+    """(line, record) of a samples.jsonl, streamed; a cut-off last line (an interrupted write)
+    ends the file."""
     if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:  # no newline after it: the write was interrupted
-                break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({exc})") from None
-    return records
+        return
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line, json.loads(line)
+            except json.JSONDecodeError as exc:
+                if not line.endswith("\n"):  # the last line, cut short
+                    return
+                raise ValueError(f"{path}: line {number} is not valid JSON ({exc})") from None
+
+
+def read_samples(path: str | Path, text: bool = False) -> list[dict]:
+    """The records of a samples.jsonl, without the response texts unless ``text``."""
+    return [r if text else {k: v for k, v in r.items() if k != "response"} for _, r in _lines(Path(path))]
 
 
 def _complete_chunks(path: Path, sources: Sequence[EvalSource], settings: EvalSettings) -> list[dict]:
-    """Keep the records of complete chunks, rewriting ``path`` without the rest."""
-    records = read_samples(path)
+    """Keep the records of complete chunks, rewriting ``path`` without the rest; return them
+    without their texts."""
     expected = {}
     for src in sources:
         for c in range(chunk_count(src, settings.chunk_problems)):
             rows = src.rows[c * settings.chunk_problems:(c + 1) * settings.chunk_problems]
             expected[src.label, c] = len(rows) * settings.samples
     counts: dict = {}
-    for r in records:
+    lines = 0
+    for _, r in _lines(path):
         counts[r["source"], r["chunk"]] = counts.get((r["source"], r["chunk"]), 0) + 1
+        lines += 1
     done = {key for key, n in counts.items() if expected.get(key) == n}
-    kept = [r for r in records if (r["source"], r["chunk"]) in done]
-    cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    if len(kept) != len(records) or cut:
+    kept = sum(n for key, n in counts.items() if key in done)
+    cut = False
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+    if kept != lines or cut:
         tmp = path.with_suffix(".tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+            f.writelines(line for line, r in _lines(path) if (r["source"], r["chunk"]) in done)
         os.replace(tmp, path)
-    return kept
+    return read_samples(path)
 
 
 class Sampler:
@@ -251,7 +261,8 @@ def hf_weight_buckets(hf_dir: Path, hf_config: dict, bucket_bytes: int = 512 << 
 
 def evaluate(settings: EvalSettings, out_dir: str | Path, *, reward_workers: Optional[int] = None,
              progress: bool = True) -> list[dict]:
-    """Run (or resume) an evaluation into ``out_dir``; return every samples.jsonl record."""
+    """Run (or resume) an evaluation into ``out_dir``; return every samples.jsonl record (without
+    the response texts, which can be large)."""
     from tqdm import tqdm
 
     settings.check()
@@ -280,6 +291,6 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, reward_workers: Opt
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
             f.flush()
             os.fsync(f.fileno())
-            records += new
+            records += [{k: v for k, v in r.items() if k != "response"} for r in new]
             bar.update(len(new) // settings.samples)
     return records

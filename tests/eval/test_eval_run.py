@@ -30,8 +30,9 @@ def tiny_eval(tmp_path_factory):
 
 
 def test_outputs_and_results_recomputable(tiny_eval):
-    records = read_samples(tiny_eval / "samples.jsonl")
+    records = read_samples(tiny_eval / "samples.jsonl", text=True)
     assert len(records) == 2 * 6 * 4
+    assert all("\\boxed{" in r["response"] for r in records if r["answer"] and r["domain"] == "math")
     results = load_results(tiny_eval)
     assert compute_results(records, [1, 2, 4], results["settings"]) == results
     for r in records:  # the verifier's verdict agrees with the arithmetic
@@ -82,8 +83,9 @@ def test_training_checkpoint_is_converted_on_the_fly(tiny_eval, tmp_path):
     out = tmp_path / "ckpt_eval"
     assert run(str(tmp_path / "run"), ["builtin:tiny/heldout.jsonl"], out, "--limit", "4") == 0
     assert not list(out.glob("converted-*"))  # the converted copy is removed
-    mine = read_samples(out / "samples.jsonl")
-    base = [r for r in read_samples(tiny_eval / "samples.jsonl") if r["source"] == "heldout.jsonl" and r["chunk"] == 0]
+    mine = read_samples(out / "samples.jsonl", text=True)
+    base = [r for r in read_samples(tiny_eval / "samples.jsonl", text=True)
+            if r["source"] == "heldout.jsonl" and r["chunk"] == 0]
     assert mine == base  # same weights, same seeds: the same responses
 
 
