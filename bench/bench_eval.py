@@ -61,8 +61,8 @@ def _cpu() -> float:
     return sum(sum(p.cpu_times()[:2]) for p in [me, *me.children(recursive=True)])
 
 
-def make_corpus(directory: Path, megabytes: int, seed: int = 0) -> tuple[int, np.ndarray, np.ndarray]:
-    """Zipf text in FILE_MB files; returns (bytes, vocabulary buffer, word offsets)."""
+def make_corpus(directory: Path, megabytes: int, seed: int = 0) -> int:
+    """Zipf text in FILE_MB files; returns its size in bytes."""
     rng = np.random.default_rng(seed)
     vocab_size = 200_000
     lengths = np.clip(rng.poisson(5, vocab_size), 1, 14) + 1  # with the trailing space
@@ -92,13 +92,13 @@ def make_corpus(directory: Path, megabytes: int, seed: int = 0) -> tuple[int, np
         (directory / f"part{index:04d}.txt").write_bytes(data.tobytes())
         written += len(data)
         index += 1
-    return written, letters, offsets
+    return written
 
 
 def bench_creativity(workdir: Path, megabytes: int, shard_words: int) -> None:
     corpus = workdir / "corpus"
     t0 = time.perf_counter()
-    nbytes, _, _ = make_corpus(corpus, megabytes)
+    nbytes = make_corpus(corpus, megabytes)
     print(f"corpus: {nbytes / 1e6:.0f} MB generated in {time.perf_counter() - t0:.0f} s")
     index_dir = workdir / "index"
     code = ("import sys; from megatron_prorl.eval.creativity import build_index; "

@@ -157,7 +157,7 @@ def _complete_chunks(path: Path, sources: Sequence[EvalSource], settings: EvalSe
     if kept != lines or cut:
         tmp = path.with_suffix(".tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(line for line, r in _lines(path) if (r["source"], r["chunk"]) in done)
+            f.writelines(line.rstrip("\n") + "\n" for line, r in _lines(path) if (r["source"], r["chunk"]) in done)
         os.replace(tmp, path)
     return read_samples(path)
 

@@ -4,6 +4,7 @@ checkpoint evaluated through on-the-fly conversion; bad inputs."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -107,3 +108,26 @@ def test_bad_inputs_are_one_clear_line(tiny_eval, tmp_path, capsys):
     assert eval_main(["--model", "builtin:tiny", "--data", "builtin:tiny/heldout.jsonl", RG, "--out", str(tiny_eval),
                       *ARGS, "--temperature", "1.0"]) == 2
     assert "temperature: 0.6 -> 1.0" in capsys.readouterr().err
+
+
+def test_cut_writes_are_dropped_or_completed(tmp_path):
+    """What an interruption can leave: a chunk cut short, a record without its newline."""
+    from megatron_prorl.data import Row
+    from megatron_prorl.eval.run import EvalSettings, _complete_chunks
+    from megatron_prorl.eval.sources import EvalSource
+
+    settings = EvalSettings(model="m", data=("a",), samples=2, chunk_problems=2)
+    source = EvalSource("a", "a", [Row("p", "math", "1")] * 3)  # chunks of 2 and 1 problems
+
+    def line(chunk: int, problem: int, sample: int) -> str:
+        return json.dumps({"source": "a", "chunk": chunk, "problem": problem, "sample": sample, "response": "x"})
+
+    path = tmp_path / "samples.jsonl"
+    complete = [line(0, p, s) for p in (0, 1) for s in (0, 1)]
+    path.write_text("\n".join(complete + [line(1, 2, 0)]))  # chunk 1 short, and no final newline
+    assert len(_complete_chunks(path, [source], settings)) == 4
+    assert path.read_text() == "\n".join(complete) + "\n"
+    path.write_text("\n".join(complete + [line(1, 2, 0), line(1, 2, 1)]))  # whole, newline lost
+    records = _complete_chunks(path, [source], settings)
+    assert len(records) == 6 and "response" not in records[0]
+    assert path.read_text().endswith("}\n") and len(path.read_text().splitlines()) == 6
