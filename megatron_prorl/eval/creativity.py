@@ -31,10 +31,14 @@ Larsson-Sadakane style, re-sorting only the groups that are still tied). Shards 
 ``.npy`` files and memory-mapped for queries, so building needs memory for one shard only and
 querying little more than the page cache. A query finds, for every word of a response, the
 longest corpus match (capped at ``max_ngram`` words) starting there by a vectorised binary
-search over each shard's range of suffixes that start with that word. No suffix-array library
-on PyPI fitted: ``pydivsufsort`` sorts bytes (an integer alphabet goes through a 4x larger byte
-string and a SA of that size), ``infini-gram`` indexes LM-tokenizer ids with tokenizers fetched
-from the Hugging Face hub (or raw bytes, where word spans need a byte-exact detokenization).
+search over each shard's range of suffixes that start with that word.
+
+No suffix-array library on PyPI fitted (read: pydivsufsort 0.0.20 ``divsufsort.py``,
+infini-gram 2.6.0 ``indexing.py``): pydivsufsort sorts bytes, and an integer alphabet goes
+through a byte string 4x longer with a suffix array of that length; infini-gram indexes the ids
+of an LM tokenizer loaded from the Hugging Face hub (gpt2, llama, olmo), or raw bytes, where
+word spans would need a byte-exact detokenization. DJ Search itself was read in
+``cauchy221/creativity_index`` ``DJ_search_exact.py`` (commit 58e9945).
 """
 
 from __future__ import annotations

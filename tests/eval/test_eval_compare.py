@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from megatron_prorl.cli import main as prorl_main
 from megatron_prorl.eval.cli import main as eval_main
 from megatron_prorl.eval.report import RESULTS_FILE, compute_results
 
@@ -51,7 +52,7 @@ def test_regimes_tables_and_plot(checkpoints, tmp_path, capsys):
 
 def test_threshold_flag_and_bad_inputs(checkpoints, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert eval_main(["compare", *map(str, checkpoints), "--out", str(out), "--min-change", "0.5"]) == 0
+    assert prorl_main(["eval", "compare", *map(str, checkpoints), "--out", str(out), "--min-change", "0.5"]) == 0
     assert json.loads((out / "compare.json").read_text())["benchmarks"]["code"]["regime"] == "sustained"
     assert json.loads((out / "compare.json").read_text())["benchmarks"]["aime"]["regime"] == "no change"
     for argv, message in ((["compare", str(checkpoints[0])], "at least two results directories"),
