@@ -176,7 +176,7 @@ def write_summary(results: dict, path: Path, model_label: str) -> None:
                     + "\n## All metrics (%)\n\n" + details_table(results))
 
 
-def short(text: str, width: int = 48) -> str:
+def short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
