@@ -3,6 +3,7 @@
     prorl train CONFIG [key=value ...] [--nproc N]
     prorl plot RUN_DIR [--out DIR]
     prorl data prepare --out DIR [--only DOMAIN ...]   (see megatron_prorl/data/prepare.py)
+    prorl eval --model DIR_OR_CKPT --data SOURCE [...] --out DIR    (also: eval compare, eval creativity)
 
 Under torchrun or srun, `prorl train` joins the job as one rank. Run directly, it starts
 ``--nproc`` local processes itself (default: tensor x pipeline parallel size), so a CPU run at
@@ -75,6 +76,11 @@ def plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:  # its own parser, with subcommands (megatron_prorl/eval/cli.py)
+        from megatron_prorl.eval.cli import main as eval_main
+
+        return eval_main(argv[1:])
     parser = argparse.ArgumentParser(prog="prorl", description="ProRL on Megatron-Core")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run the ProRL loop from a YAML config")
@@ -93,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     dp = d.add_parser("prepare", help="write the paper config's data files from ProRL's public datasets")
     prepare.add_arguments(dp)
     dp.set_defaults(func=prepare.run)
+    sub.add_parser("eval", add_help=False,
+                   help="evaluate a model (pass@k, majority@k), compare checkpoints, Creativity Index; "
+                        "`prorl eval --help`")
     args = parser.parse_args(argv)
     try:
         return args.func(args)

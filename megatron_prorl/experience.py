@@ -59,10 +59,7 @@ def generate_groups(engine: RolloutEngine, pool, tokenizer, rows: Sequence[Row],
         t0 = time.perf_counter()
         samples = engine.generate([prompt_ids[i] for i in idx], replace(params, seed=params.seed + idx[0]))
         times.generation += time.perf_counter() - t0
-        # Keep special tokens (a tokenizer may mark <think> as one: dropping it would let the
-        # reasoning count as the answer); only the terminating EOS/stop token is not text.
-        texts = tokenizer.batch_decode([s.token_ids[:-1] if s.finish_reason != "length" else s.token_ids
-                                        for s in samples], skip_special_tokens=False)
+        texts = response_texts(tokenizer, samples)
         items = [RewardItem(rows[idx[s.prompt_index]].domain, text, rows[idx[s.prompt_index]].ground_truth,
                             finished=s.finish_reason != "length") for s, text in zip(samples, texts)]
         pending.append((idx, samples, pool.submit(items)))
@@ -78,6 +75,14 @@ def generate_groups(engine: RolloutEngine, pool, tokenizer, rows: Sequence[Row],
             groups.append(Group(rows[i], list(prompt_ids[i]), group_samples, group_results, rewards))
     times.reward_wait = time.perf_counter() - t0
     return groups, times
+
+
+def response_texts(tokenizer, samples: Sequence[Sample]) -> list[str]:
+    """The text of each response as the verifiers see it. Special tokens are kept (a tokenizer
+    may mark <think> as one: dropping it would let the reasoning count as the answer); only the
+    terminating EOS/stop token is not text."""
+    return tokenizer.batch_decode([s.token_ids[:-1] if s.finish_reason != "length" else s.token_ids
+                                   for s in samples], skip_special_tokens=False)
 
 
 def rewards_tensor(groups: Sequence[Group]) -> torch.Tensor:

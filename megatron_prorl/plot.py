@@ -49,7 +49,7 @@ _LABELS = {"reward/mean": "all domains", "val/score": "blended score", "time/ste
            "clip_frac_low": "low (1 - eps_low)", "clip_frac_high": "high (1 + eps_high)",
            "clip_frac_dual": "dual (c x |A| cap)",
            "ratio_mean": "mean", "ratio_max": "max"}
-_STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.titleweight": "bold", "axes.labelsize": 11,
+STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.titleweight": "bold", "axes.labelsize": 11,
           "legend.fontsize": 9, "figure.titlesize": 15, "axes.grid": True, "grid.alpha": 0.3,
           "axes.spines.top": False, "axes.spines.right": False}
 
@@ -317,7 +317,7 @@ def plot_records(records: Sequence[dict], out_dir: str | Path, run_name: str = "
             continue
         skipped += [f"{chart.name}.png: panel '{p.title}' left out (no {', '.join(p.keys)})" for p in missing]
         rows, cols, size = _grid(len(panels))
-        with matplotlib.rc_context(_STYLE):
+        with matplotlib.rc_context(STYLE):
             fig = Figure(figsize=size, layout="constrained")
             axes = fig.subplots(rows, cols, squeeze=False).ravel()
             for i, (ax, panel) in enumerate(zip(axes, panels)):

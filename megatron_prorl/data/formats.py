@@ -31,11 +31,38 @@ reason, no warning). Field names follow each dataset's card and loader:
 - ``livecodebench``: livecodebench/code_generation_lite: ``question_title``,
   ``question_content``, ``platform``, ``question_id``, ``starter_code``, ``difficulty``,
   ``public_test_cases``, ``private_test_cases``, ``metadata`` (see :mod:`.code_tests`).
+
+Evaluation benchmarks (``prorl eval``):
+
+- ``math``: the math benchmarks' releases, one converter for their field names: the problem in
+  ``problem`` / ``Problem`` / ``question`` / ``Question`` (HuggingFaceH4/MATH-500 and
+  aime_2024, AI-MO/aimo-validation-aime and -amc, opencompass/AIME2025, math-ai/minervamath,
+  Hothan/OlympiadBench), the answer in ``answer`` / ``Answer`` / ``final_answer`` (OlympiadBench:
+  a list, joined with ", "), else the last ``\\boxed{}`` of ``solution``; the id in ``id`` /
+  ``ID`` / ``unique_id`` / ``question_id``.
+- ``apps``: codeparrot/apps (``question``, ``input_output``, ``starter_code``, ``problem_id``):
+  TACO's layout, which TACO took from APPS.
+- ``code_contests``: deepmind/code_contests: ``name``, ``description``, ``public_tests``,
+  ``private_tests``, ``generated_tests`` (each ``{"input": [str], "output": [str]}``, all
+  three used), ``time_limit`` (``{"seconds", "nanos"}``).
+- ``humaneval_plus``: evalplus/humanevalplus: ``task_id``, ``prompt`` (signature and
+  docstring), ``entry_point``, ``test``: evalplus's ``def check(candidate)`` with literal
+  ``inputs = [...]`` and ``results`` / ``exp_out = [...]`` lists (evalplus
+  ``tools/humaneval/to_original_fmt.py``), read with ``ast.literal_eval``, never executed.
+  Tests whose values are not literals (``float('inf')``) make the row bad. The harness's
+  float tolerance (1e-6) stands in for evalplus's per-task ``atol``.
+- ``gpqa``: Idavidrein/gpqa (``gpqa_diamond.csv``): ``Question``, ``Correct Answer``,
+  ``Incorrect Answer 1..3``, ``Record ID``. The four options are shuffled by a permutation
+  seeded with the question text (the same on every machine) and labelled A-D; the ground
+  truth is the correct option's letter.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
+import random
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -220,6 +247,93 @@ def _livecodebench(rec: dict) -> Row:
                id=str(rec.get("question_id") or ""), extra={"difficulty": rec.get("difficulty") or ""})
 
 
+def _first(rec: dict, keys: tuple[str, ...]) -> str:
+    for key in keys:
+        if rec.get(key) is not None:
+            return key
+    raise BadRow(f"missing field: none of {', '.join(map(repr, keys))}")
+
+
+def _math(rec: dict) -> Row:
+    prompt = _text(rec, _first(rec, ("problem", "Problem", "question", "Question")))
+    key = next((k for k in ("answer", "Answer", "final_answer") if rec.get(k) not in (None, "", [])), None)
+    if key is None:
+        boxed = final_answer(_text(rec, "solution")) if rec.get("solution") is not None else None
+        if boxed is None:
+            raise BadRow("no answer: none of 'answer', 'Answer', 'final_answer', or a \\boxed{} in 'solution'")
+        answer = _answer(boxed, "solution")
+    elif isinstance(rec[key], list):
+        answer = ", ".join(_answer(a, key) for a in rec[key])
+    else:
+        answer = _answer(rec[key], key)
+    row_id = next((rec[k] for k in ("id", "ID", "unique_id", "question_id") if rec.get(k) is not None), "")
+    return Row(prompt=prompt, domain="math", ground_truth=answer, source="math", id=str(row_id))
+
+
+def _apps(rec: dict) -> Row:
+    row = _taco(rec)
+    row.source = "apps"
+    row.id = str(rec.get("problem_id") if rec.get("problem_id") is not None else "")
+    return row
+
+
+def _code_contests(rec: dict) -> Row:
+    inputs, outputs = [], []
+    for key in ("public_tests", "private_tests", "generated_tests"):
+        tests = jsoncodec.parse_field(rec.get(key) or {}, key)
+        if not isinstance(tests, dict) or len(tests.get("input") or []) != len(tests.get("output") or []):
+            raise BadRow(f"field {key!r} must be {{'input': [str], 'output': [str]}} of equal lengths")
+        inputs += tests.get("input") or []
+        outputs += tests.get("output") or []
+    if not inputs:
+        raise BadRow("no tests in public_tests, private_tests or generated_tests")
+    truth: dict = {"inputs": inputs, "outputs": outputs}
+    limit = rec.get("time_limit")
+    if isinstance(limit, dict) and (limit.get("seconds") or limit.get("nanos")):
+        truth["time_limit_s"] = (limit.get("seconds") or 0) + (limit.get("nanos") or 0) / 1e9
+    return Row(prompt=_text(rec, "description"), domain="code", ground_truth=truth, source="code_contests",
+               id=str(rec.get("name") or ""))
+
+
+def _literal_list(tree: ast.Module, names: tuple[str, ...]) -> list:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in names for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                raise BadRow(f"test: {names[0]} is not a literal list (e.g. holds float('inf'))") from None
+            if isinstance(value, list):
+                return value
+    raise BadRow(f"test: no literal '{names[0]} = [...]' in check(candidate)")
+
+
+def _humaneval_plus(rec: dict) -> Row:
+    entry = _text(rec, "entry_point")
+    try:
+        tree = ast.parse(_text(rec, "test"))
+    except SyntaxError as exc:
+        raise BadRow(f"test is not Python: {exc}") from None
+    inputs = _literal_list(tree, ("inputs",))
+    outputs = _literal_list(tree, ("results", "exp_out"))
+    if len(inputs) != len(outputs) or not all(isinstance(i, (list, tuple)) for i in inputs):
+        raise BadRow(f"test: {len(inputs)} input argument lists but {len(outputs)} results")
+    prompt = ("Complete the following Python function; keep its name and signature.\n\n```python\n"
+              f"{_text(rec, 'prompt').strip()}\n```")
+    return Row(prompt=prompt, domain="code", source="humaneval_plus", id=str(rec.get("task_id") or ""),
+               ground_truth={"fn_name": entry, "inputs": [list(i) for i in inputs], "outputs": outputs})
+
+
+def _gpqa(rec: dict) -> Row:
+    question = _text(rec, "Question")
+    options = [_text(rec, "Correct Answer")] + [_text(rec, f"Incorrect Answer {i}") for i in (1, 2, 3)]
+    order = list(range(4))
+    random.Random(hashlib.sha256(question.encode()).digest()).shuffle(order)
+    letters = "ABCD"
+    lines = [f"({letters[i]}) {options[j].strip()}" for i, j in enumerate(order)]
+    return Row(prompt=question.strip() + "\n\n" + "\n".join(lines), domain="stem",
+               ground_truth=letters[order.index(0)], source="gpqa", id=str(rec.get("Record ID") or ""))
+
+
 FORMATS: Registry[Format] = Registry("data format", {f.name: f for f in (
     Format("prorl", _prorl, None),
     Format("deepscaler", _deepscaler, "math"),
@@ -228,6 +342,11 @@ FORMATS: Registry[Format] = Registry("data format", {f.name: f for f in (
     Format("llama_nemotron_if", _llama_nemotron_if, "ifeval"),
     Format("taco", _taco, "code"),
     Format("livecodebench", _livecodebench, "code"),
+    Format("math", _math, "math"),
+    Format("apps", _apps, "code"),
+    Format("code_contests", _code_contests, "code"),
+    Format("humaneval_plus", _humaneval_plus, "code"),
+    Format("gpqa", _gpqa, "stem"),
 )})
 
 

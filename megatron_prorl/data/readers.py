@@ -1,4 +1,4 @@
-"""Raw records from local files (JSON Lines, JSON arrays, Parquet, saved ``datasets`` dirs)
+"""Raw records from local files (JSON Lines, JSON arrays, Parquet, CSV, saved ``datasets`` dirs)
 and from Hugging Face hub datasets (``hf:NAME?name=CONFIG&split=SPLIT&revision=REV``).
 
 Parquet files and directories written by ``Dataset.save_to_disk`` are read with Hugging Face
@@ -10,12 +10,16 @@ spec would gain ``fn_name: None``; a Reasoning Gym entry would gain every other 
 keys). Reading lines keeps each record exactly as written and lets a bad line be reported and
 skipped alone.
 
+CSV files (GPQA's release) are read with the standard library's ``csv`` module, a header row
+naming the fields; every value stays a string.
+
 Each record comes with its location ("line 7" for JSON Lines, "row 6" otherwise, 0-based), or
 with an error message in place of the record when that line could not be parsed.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -40,9 +44,13 @@ def read_records(path: Path, split: Optional[str] = None) -> Iterator[tuple[str,
         yield from _rows(datasets.Dataset.from_parquet(str(path), keep_in_memory=True))
     elif path.suffix in JSON_SUFFIXES:
         yield from _json_records(path)
+    elif path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                yield f"row {i}", row
     else:
         raise ValueError(f"{path}: unsupported data file type {path.suffix!r} "
-                         f"(expected {', '.join(JSON_SUFFIXES)}, .parquet or a saved datasets directory)")
+                         f"(expected {', '.join(JSON_SUFFIXES)}, .parquet, .csv or a saved datasets directory)")
 
 
 def read_hub(spec: str, split: Optional[str] = None) -> Iterator[tuple[str, Record]]:

@@ -174,6 +174,6 @@ def test_source_errors(fixtures, tmp_path):
         load(fixtures / "deepscaler.json", format="deepscaler", domain="code")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load(tmp_path / "missing.jsonl")
-    (tmp_path / "data.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match="unsupported data file type '.csv'"):
-        load(tmp_path / "data.csv")
+    (tmp_path / "data.tsv").write_text("a\tb\n")
+    with pytest.raises(ValueError, match="unsupported data file type '.tsv'"):
+        load(tmp_path / "data.tsv")
