@@ -23,12 +23,18 @@ def _under_launcher() -> bool:
     return "RANK" in os.environ or "SLURM_PROCID" in os.environ
 
 
+def _rank() -> int:
+    """This process's rank under torchrun or srun; 0 run directly (the parent of local ranks)."""
+    from megatron_prorl.distributed import detect_env
+
+    return detect_env().rank
+
+
 def _train_rank(config_path: str, overrides: list[str]) -> dict:
     from megatron_prorl.trainer import Trainer
 
     cfg = load_config(config_path, overrides)
-    rank0 = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
-    logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if _rank() == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lists every parameter
     return Trainer(cfg).run()
@@ -60,7 +66,7 @@ def train(args) -> int:
         from megatron_prorl.launch import spawn
 
         summary = spawn(_train_rank, nproc, args.config, args.overrides, timeout=None)[0]
-    if int(os.environ.get("RANK", 0)) == 0:
+    if _rank() == 0:  # under srun every rank runs this; only the first reports
         _print_summary(summary, cfg.trainer.output_dir)
         with open(os.path.join(cfg.trainer.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
