@@ -1,0 +1,29 @@
+# megatron-prorl for GPU clusters (Docker, or enroot/pyxis through slurm/prorl_4node.sh).
+#
+# Base: TensorRT-LLM's release image 1.3.0rc24, the TensorRT-LLM release the GPU rollout engine
+# is written against (megatron_prorl/rollout/trtllm.py). TensorRT-LLM builds that image FROM the
+# NGC PyTorch image (docker/Dockerfile.multi: BASE_IMAGE=nvcr.io/nvidia/pytorch), whose line for
+# 1.3.0rc24 is the NGC PyTorch 26.05 stack (TensorRT-LLM PR 15087; main moved on to 26.08 with
+# PR 18126): NGC's PyTorch build with Transformer Engine and Apex, CUDA 13.2 (the 1.3.0rc24
+# installation guide), Python 3.12 (Dockerfile.multi PYTHON_VERSION). scripts/install_project.sh
+# keeps all of that as installed and prints the versions it found; the check below fails the
+# build if the base is not the expected one.
+FROM nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc24
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /opt/megatron-prorl
+COPY pyproject.toml README.md ./
+COPY megatron_prorl megatron_prorl
+COPY checkpoint_convert checkpoint_convert
+COPY configs configs
+COPY scripts scripts
+COPY slurm slurm
+
+# The same install steps CI runs (scripts/install.sh calls install_project.sh), plus bubblewrap
+# for the reward sandbox. Non-editable: the code in site-packages is the image's; a job that
+# mounts a checkout and runs `python -m megatron_prorl.cli` from it runs the checkout's code.
+RUN bash scripts/install_system_deps.sh \
+    && PYTHON=python3 bash scripts/install_project.sh \
+    && python3 -c "import importlib.metadata as m, sys; \
+assert sys.version_info[:2] == (3, 12), sys.version; \
+assert m.version('tensorrt_llm') == '1.3.0rc24', m.version('tensorrt_llm')"
