@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_prorl import checkpoint as ckpt
+from megatron_prorl import device
 from megatron_prorl.actor import PolicyActor
 from megatron_prorl.algo import dynamic_sampling_mask
 from megatron_prorl.algo.reset import ResetTrigger
@@ -57,7 +58,7 @@ def _seed(*parts: int) -> int:
 def _all_reduce(values: list[float], op) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     if dist.is_initialized():
-        dist.all_reduce(t, op=op)
+        dist.all_reduce(t, op=op, group=device.host_group())
     return t.tolist()
 
 
@@ -141,11 +142,10 @@ class Trainer:
 
         self.engine = self.pool = None
         if self.is_engine_rank:
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
             eos = self.tokenizer.eos_token_id
             self.engine = build_engine_from_config(
                 cfg.rollout, hf_config=hf_config, hf_dir=str(self.hf_dir), eos_token_ids=[eos],
-                pad_token_id=self.pad_id, device=device, dtype=resolve_dtype(cfg.model))
+                pad_token_id=self.pad_id, device=device.current(), dtype=resolve_dtype(cfg.model))
             self.pool = RewardPool(cfg.rewards)
         self.sync_source = weight_sync_source(self.actor.policy_module, self.arch, cfg.rollout.sync_bucket_mb << 20,
                                               cfg.rollout.sync_transport)
