@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from megatron_prorl import device
 from megatron_prorl.algo import MAX_METRICS, normalisers, tis_weights, total_loss
 from megatron_prorl.batch import TrainBatch
 from megatron_prorl.config import ProRLConfig
@@ -209,8 +210,8 @@ class PolicyActor:
         holder = [names]
         dist.broadcast_object_list(holder, src=src, group=ps.get_pipeline_model_parallel_group())
         names = holder[0]
-        is_max = torch.tensor([n in MAX_METRICS for n in names])
-        values = torch.zeros(len(names), dtype=torch.float64)
+        is_max = torch.tensor([n in MAX_METRICS for n in names], device=device.current())
+        values = torch.zeros(len(names), dtype=torch.float64, device=device.current())
         if out:
             stacked = torch.stack([torch.stack([m[n].detach().double() for n in names]) for m in out])
             values = torch.where(is_max, stacked.max(0).values, stacked.sum(0))
@@ -226,7 +227,7 @@ class PolicyActor:
         return all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
 
     def _grads_finite(self) -> bool:
-        bad = torch.zeros(1)
+        bad = torch.zeros(1, device=device.current())
         for p in self.policy.parameters():
             grad = getattr(p, "main_grad", None)
             if grad is not None and not torch.isfinite(grad).all():
@@ -259,7 +260,7 @@ class PolicyActor:
     def _reference_on_device(self, needed: bool):
         """Bring an offloaded reference to the GPU for the duration of a use."""
         if needed and self._offloads():
-            self.reference.cuda(torch.cuda.current_device())
+            self.reference.to(device.current())
         try:
             yield
         finally:
@@ -271,7 +272,7 @@ class PolicyActor:
 
     def _offload_reference(self) -> None:
         if self._offloads():
-            self.reference.cpu()
+            self.reference.to(device.HOST)
             torch.cuda.empty_cache()
 
 

@@ -45,7 +45,7 @@ class TrainBatch:
         """Dicts for the pipeline schedule, each exactly ``size`` rows (padding rows masked)."""
         batch = self.pad_rows(size)
         n, s = batch.input_ids.shape
-        position_ids = torch.arange(s).unsqueeze(0).expand(size, s)
+        position_ids = torch.arange(s, device=batch.input_ids.device).unsqueeze(0).expand(size, s)
         out = []
         for start in range(0, n, size):
             mb = {f.name: getattr(batch, f.name)[start:start + size] for f in fields(batch)

@@ -2,7 +2,8 @@
 
 Rank, world size and local rank come from torchrun's variables, else from Slurm's
 (srun with one task per GPU), else a single process. NCCL with CUDA, gloo without (where the
-CPU backend is enabled first). TP and PP come from the config; DP = world / (TP * PP).
+CPU backend is enabled first), plus a gloo group for host-side bookkeeping (see
+:mod:`megatron_prorl.device`). TP and PP come from the config; DP = world / (TP * PP).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from megatron_prorl import cpu_backend
+from megatron_prorl import cpu_backend, device
 from megatron_prorl.config import ParallelConfig
 
 
@@ -93,6 +94,7 @@ def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, se
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size)
+    device.create_host_group(backend)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return env
 
@@ -111,7 +113,7 @@ def all_max(values: Sequence[float]) -> list[float]:
 def _all_reduce(values: Sequence[float], op: str) -> list[float]:
     t = torch.tensor(list(values), dtype=torch.float64)
     if dist.is_initialized():
-        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op), group=device.host_group())
     return t.tolist()
 
 
@@ -119,5 +121,6 @@ def shutdown_distributed() -> None:
     from megatron.core import parallel_state
 
     parallel_state.destroy_model_parallel()
+    device.destroy_host_group()
     if dist.is_initialized():
         dist.destroy_process_group()

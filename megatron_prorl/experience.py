@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from megatron_prorl import device
 from megatron_prorl.algo import get_advantage
 from megatron_prorl.batch import TrainBatch, from_sequences
 from megatron_prorl.data.schema import Row
@@ -57,7 +58,8 @@ def generate_groups(engine: RolloutEngine, pool, tokenizer, rows: Sequence[Row],
         if not idx:
             continue
         t0 = time.perf_counter()
-        samples = engine.generate([prompt_ids[i] for i in idx], replace(params, seed=params.seed + idx[0]))
+        samples = device.to_host(engine.generate([prompt_ids[i] for i in idx],
+                                                 replace(params, seed=params.seed + idx[0])))
         times.generation += time.perf_counter() - t0
         texts = response_texts(tokenizer, samples)
         items = [RewardItem(rows[idx[s.prompt_index]].domain, text, rows[idx[s.prompt_index]].ground_truth,
@@ -91,13 +93,14 @@ def rewards_tensor(groups: Sequence[Group]) -> torch.Tensor:
 
 def to_train_batch(groups: Sequence[Group], advantage: str, pad_id: int, adv_eps: float = 1e-6,
                    scale_by_std: bool = True) -> TrainBatch:
-    """Flatten groups into a TrainBatch: one row per response, GRPO advantages per group."""
+    """Flatten groups into a TrainBatch: one row per response, GRPO advantages per group; built
+    on the host, handed over on the compute device."""
     n = len(groups[0].samples)
     advantages = get_advantage(advantage)(rewards_tensor(groups), n, eps=adv_eps, scale_by_std=scale_by_std)
     samples = [s for g in groups for s in g.samples]
     prompts = [g.prompt_ids for g in groups for _ in g.samples]
-    return from_sequences(prompts, [s.token_ids for s in samples], advantages.float(), pad_id=pad_id,
-                          engine_logprobs=[s.logprobs for s in samples])
+    return device.to_current(from_sequences(prompts, [s.token_ids for s in samples], advantages.float(),
+                                            pad_id=pad_id, engine_logprobs=[s.logprobs for s in samples]))
 
 
 def group_stats(groups: Sequence[Group], domains: Sequence[str]) -> dict[str, tuple[float, float]]:

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_prorl import checkpoint as ckpt
+from megatron_prorl import device
 from megatron_prorl.actor import ActorState, PolicyActor, ResetRecord
 from megatron_prorl.algo import fill
 from megatron_prorl.algo.reset import ResetTrigger
@@ -146,10 +147,9 @@ class Trainer:
         cfg = self.cfg
         self.engine = self.pool = None
         if self.is_engine_rank:
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
             self.engine = build_engine_from_config(
                 cfg.rollout, hf_config=self.hf_config, hf_dir=str(self.hf_dir),
-                eos_token_ids=[self.tokenizer.eos_token_id], pad_token_id=self.pad_id, device=device,
+                eos_token_ids=[self.tokenizer.eos_token_id], pad_token_id=self.pad_id, device=device.current(),
                 dtype=resolve_dtype(cfg.model))
             self.pool = RewardPool(cfg.rewards)
         self.weight_sync = WeightSync(self.actor.policy_module, self.arch, self.engine,

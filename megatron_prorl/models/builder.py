@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from checkpoint_convert import dtypes
 from checkpoint_convert.arch import HFArch, padded_vocab_size
-from megatron_prorl import builtin
+from megatron_prorl import builtin, device
 from megatron_prorl.config import ConfigError, ModelConfig, ParallelConfig, resolve_transformer_impl
 
 
@@ -112,6 +112,4 @@ def build_gpt_model(arch: HFArch, model: ModelConfig, parallel: ParallelConfig, 
         rope = gpt.rotary_pos_emb
         rope.inv_freq = rope._apply_scaling(rope.inv_freq, factor=factor, low_freq_factor=low,
                                             high_freq_factor=high, original_max_position_embeddings=orig)
-    if torch.cuda.is_available():
-        gpt.cuda(torch.cuda.current_device())
-    return gpt
+    return gpt.to(device.current())
