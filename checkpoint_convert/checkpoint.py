@@ -1,39 +1,57 @@
 """Megatron checkpoints of this project: their layout, atomic writing, and save/load of a live model.
 
-    DIR/model/     megatron.core.dist_checkpointing save (torch_dist) of GPTModel.sharded_state_dict();
-                   loadable at any TP x PP (dist_checkpointing reshards)
-    DIR/hf/        config.json, tokenizer files and generation_config.json of the source, verbatim
-    DIR/meta.json  {"format": "megatron-prorl", "version": 1, "tp", "pp", "dtype", "family"}
+    DIR/model/         megatron.core.dist_checkpointing save (torch_dist) of GPTModel.sharded_state_dict();
+                       loadable at any TP x PP (dist_checkpointing reshards)
+    DIR/hf/            config.json, tokenizer files and generation_config.json of the source
+    DIR/meta.json      {"format": "megatron-prorl", "version": 1, "tp", "pp", "dtype", "family"}
+    DIR/manifest.json  every other file's size and checksum, written last (checkpoint_convert.manifest)
 
 Trainer checkpoints add their own parts (optimizer/, reference/, ...) beside model/: write them
 inside :func:`atomic_directory` (with :func:`save_model_state` for the model) so that a
-checkpoint directory is either complete or absent.
+checkpoint directory is either complete (with its manifest) or absent. A training run keeps
+them as ``RUN/checkpoints/step_00000012`` with a ``latest`` file naming the newest;
+:func:`resolve_checkpoint` finds one from any of those paths.
+
+Writes are in-process: the torch_dist files come from torch.distributed.checkpoint's own
+writer threads (see :func:`save_sharded_state`), so no helper process exists that a signal to
+the process group (as Slurm sends) could kill in the middle of a save.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch.distributed as dist
 
 from checkpoint_convert import dtypes
 from checkpoint_convert.arch import HFArch, load_arch
 from checkpoint_convert.errors import ConversionError
+from checkpoint_convert.manifest import verify_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "megatron-prorl", 1
 MODEL_DIR, HF_DIR, META_FILE = "model", "hf", "meta.json"
-# Weight files stay behind when the rest of a HF directory is copied.
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".ckpt")
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+CHECKPOINTS_DIR, LATEST = "checkpoints", "latest"  # a training run's RUN/checkpoints/latest
+STEP_PREFIX = "step_"
+# The files of a Hugging Face model directory besides its weights: what hf/ keeps of a source
+# directory and what an export holds (a README, data files... of the source stay behind).
+HF_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+            "chat_template.jinja", "chat_template.json")
+
+
+class CheckpointWriteError(ConversionError):
+    """A checkpoint could not be written (the message names the directory and the cause)."""
 
 
 @dataclass(frozen=True)
@@ -76,13 +94,38 @@ def checkpoint_arch(ckpt_dir: os.PathLike) -> HFArch:
 
 
 def copy_hf_metadata(src: os.PathLike, dst: os.PathLike) -> None:
-    """Copy a HF directory's files except the weights (config, tokenizer, generation config...)."""
+    """Copy a HF directory's model files other than the weights (:data:`HF_FILES`)."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    for f in sorted(Path(src).iterdir()):
-        if f.is_file() and not f.name.startswith(".") and not f.name.endswith(_WEIGHT_SUFFIXES) \
-                and f.name not in _WEIGHT_INDEXES:
-            shutil.copy2(f, dst / f.name)
+    for name in HF_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, dst / name)
+
+
+def resolve_checkpoint(path: os.PathLike) -> tuple[Path, str]:
+    """The checkpoint a user means by ``path``, and how it was found: a checkpoint directory
+    (with meta.json), a run's ``latest`` pointer file, its checkpoints/ directory or the run
+    directory (both through their ``latest``)."""
+    p = Path(path)
+    if (p / META_FILE).is_file():
+        return p, "checkpoint directory"
+    for pointer, how in ((p, "the latest pointer"), (p / LATEST, "its latest pointer"),
+                         (p / CHECKPOINTS_DIR / LATEST, "the run's latest checkpoint")):
+        if pointer.is_file() and pointer.name == LATEST:
+            target = pointer.parent / pointer.read_text().strip()
+            if not (target / META_FILE).is_file():
+                raise ConversionError(f"{pointer} names {target.name}, which is not a checkpoint (no {META_FILE})")
+            return target, how
+    if not p.exists():
+        raise ConversionError(f"{p}: no such directory")
+    raise ConversionError(f"{p}: not a checkpoint (no {META_FILE}), nor a run or checkpoints directory with a "
+                          f"{LATEST} pointer")
+
+
+def verify_checkpoint(ckpt_dir: os.PathLike, only: Optional[tuple[str, ...]] = None) -> bool:
+    """Check the files of a checkpoint against its manifest (collective over the ranks of a
+    job). Raises CheckpointDamaged naming the file; False: no manifest (an older checkpoint)."""
+    return verify_manifest(ckpt_dir, only)
 
 
 def rank() -> int:
@@ -96,6 +139,62 @@ def barrier() -> None:
         dist.barrier()
 
 
+def on_first_rank(fn: Callable[[], None]) -> None:
+    """Run ``fn`` on rank 0 only, and raise on every rank if it failed there (a bare barrier
+    after a failed rank-0 write would leave the other ranks waiting forever)."""
+    error: Optional[BaseException] = None
+    if rank() == 0:
+        try:
+            fn()
+        except Exception as exc:
+            error = exc
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        holder = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(holder, src=0)
+        if error is None and holder[0] is not None:
+            raise CheckpointWriteError(f"rank 0 failed: {holder[0]}")
+    if error is not None:
+        raise error
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: a cause, torch.distributed.checkpoint's per-rank
+    failures) is 'no space left on device' (or a quota)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e):
+            return True
+        todo += [e.__cause__, e.__context__]
+        for failure in (getattr(e, "failures", None) or {}).values():  # CheckpointException
+            todo.append(failure[0] if isinstance(failure, tuple) else failure)
+    return False
+
+
+_NEARLY_FULL = 1 << 20
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return _NEARLY_FULL
+    return stat.f_bavail * stat.f_frsize
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_writable(path: os.PathLike, overwrite: bool) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
@@ -103,32 +202,53 @@ def check_writable(path: os.PathLike, overwrite: bool) -> Path:
     return path
 
 
+def temporary_names(path: Path) -> tuple[Path, Path]:
+    """The hidden siblings :func:`atomic_directory` writes ``path`` through: never taken for a
+    checkpoint, and safe to delete when no writer is running."""
+    return path.parent / f".{path.name}.incomplete", path.parent / f".{path.name}.old"
+
+
 @contextlib.contextmanager
-def atomic_directory(path: os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(path: os.PathLike, overwrite: bool = False, manifest: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to fill; it becomes ``path`` only if the block succeeds.
 
     Collective when torch.distributed is initialised (rank 0 touches the file system, every rank
-    waits for it), so all ranks can write their shards into the yielded directory.
+    waits for it), so all ranks can write their shards into the yielded directory. ``manifest``:
+    hash every file into ``manifest.json`` (the last file written) before the rename. A full
+    disk is reported as :class:`CheckpointWriteError` naming the directory; nothing stays behind.
     """
     path = check_writable(path, overwrite)
-    tmp, old = path.parent / f".{path.name}.incomplete", path.parent / f".{path.name}.old"
-    if rank() == 0:
+    tmp, old = temporary_names(path)
+
+    def start():
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed run
         tmp.mkdir(parents=True)
-    barrier()
-    try:
-        yield tmp
-        barrier()
-    except BaseException:
-        if rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if rank() == 0:
+
+    def publish():
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             path.rename(old)
         tmp.rename(path)
+        _fsync_dir(path.parent)
         shutil.rmtree(old, ignore_errors=True)
+
+    try:
+        on_first_rank(start)
+        yield tmp
+        barrier()
+        if manifest:
+            write_manifest(tmp)
+        on_first_rank(publish)
+    except BaseException as exc:
+        # Some writers word it otherwise (torch.save: "file write failed"): ask the disk too,
+        # before the partial files are removed.
+        full = is_disk_full(exc) or _free_bytes(path.parent) < _NEARLY_FULL
+        if rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise CheckpointWriteError(f"{path.parent}: no space left on device while writing {path.name}; "
+                                       "nothing of it was kept") from exc
+        raise
     barrier()
 
 
@@ -144,13 +264,64 @@ def unwrap_model(model):
 
 
 def save_sharded_state(state, directory: os.PathLike) -> None:
-    """dist_checkpointing save of a sharded state dict into ``directory`` (collective)."""
+    """dist_checkpointing save of a sharded state dict into ``directory`` (collective), its
+    torch_dist files written in this process (see :func:`_in_process_strategy`)."""
     from megatron.core import dist_checkpointing
 
-    if rank() == 0:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-    barrier()
-    dist_checkpointing.save(state, str(directory))
+    on_first_rank(lambda: Path(directory).mkdir(parents=True, exist_ok=True))
+    with _thread_errors() as caught:
+        try:
+            dist_checkpointing.save(state, str(directory), sharded_strategy=_in_process_strategy())
+        except BaseException as exc:
+            if caught:  # a writer thread's own error (e.g. no space left) is the cause
+                raise exc from caught[0]
+            raise
+    if caught:
+        raise caught[0]
+
+
+@contextlib.contextmanager
+def _thread_errors() -> Iterator[list]:
+    """Collect the exceptions of threads that die in this block (torch.distributed.checkpoint's
+    writer threads), instead of printing their tracebacks: the save re-raises them."""
+    caught: list = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: caught.append(args.exc_value)
+    try:
+        yield caught
+    finally:
+        threading.excepthook = previous
+
+
+def _in_process_strategy():
+    """Megatron-Core's torch_dist save strategy, writing through torch.distributed.checkpoint's
+    own FileSystemWriter (threads, fsynced files) instead of Megatron's FileSystemWriterAsync.
+
+    megatron-core 0.16.1 (dist_checkpointing/strategies/filesystem_async.py) writes every save
+    through a results queue served by a spawned Manager process, created at the first save and
+    kept for the whole run, plus a forked writer process per file: a SIGTERM or SIGUSR1 sent to
+    the process group (as Slurm sends them) kills the Manager, and every later save fails with
+    EOFError/BrokenPipeError; a killed rank leaves the Manager behind. The files are the same:
+    TorchDistSaveShardedStrategy.async_save (strategies/torch.py, 0.16.1) translates the sharded
+    state dict with _replace_state_dict_keys_with_sharded_keys and mcore_to_pyt_state_dict and
+    plans it with MCoreSavePlanner, as here; only the writer differs (FileSystemWriterAsync is a
+    subclass of FileSystemWriter, with the same file names).
+    """
+    import torch.distributed.checkpoint as dcp
+    from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner, TorchDistSaveShardedStrategy,
+                                                                   _replace_state_dict_keys_with_sharded_keys,
+                                                                   mcore_to_pyt_state_dict)
+
+    class InProcessTorchDistSave(TorchDistSaveShardedStrategy):
+        def save(self, sharded_state_dict, checkpoint_dir):
+            sharded, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, self.keep_only_main_replica)
+            dcp.save(mcore_to_pyt_state_dict(sharded, False),
+                     storage_writer=dcp.FileSystemWriter(checkpoint_dir, thread_count=self.thread_count,
+                                                         sync_files=True),
+                     planner=MCoreSavePlanner(dedup_replicated_tensors=not self.keep_only_main_replica,
+                                              flatten_state_dict=False))
+
+    return InProcessTorchDistSave("torch_dist", 1)
 
 
 def save_model_state(model, model_dir: os.PathLike) -> None:
@@ -170,11 +341,14 @@ def save_model_checkpoint(model, ckpt_dir: os.PathLike, hf_dir: os.PathLike, ove
     meta = CheckpointMeta(tp=parallel_state.get_tensor_model_parallel_world_size(),
                           pp=parallel_state.get_pipeline_model_parallel_world_size(),
                           dtype=dtypes.name_of(gpt.config.params_dtype), family=arch.family)
-    with atomic_directory(ckpt_dir, overwrite) as tmp:
+    with atomic_directory(ckpt_dir, overwrite, manifest=True) as tmp:
         save_model_state(gpt, tmp / MODEL_DIR)
-        if rank() == 0:
+
+        def metadata():
             copy_hf_metadata(hf_dir, tmp / HF_DIR)
             write_meta(tmp, meta)
+
+        on_first_rank(metadata)
     return meta
 
 

@@ -24,6 +24,7 @@ and return a :class:`Summary` (tensors, bytes, seconds, GB/s).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -39,8 +40,9 @@ import torch
 
 from checkpoint_convert import dtypes
 from checkpoint_convert.arch import load_arch
-from checkpoint_convert.checkpoint import (HF_DIR, MODEL_DIR, CheckpointMeta, atomic_directory, check_writable,
-                                           checkpoint_arch, copy_hf_metadata, read_meta, write_meta)
+from checkpoint_convert.checkpoint import (HF_DIR, META_FILE, MODEL_DIR, CheckpointMeta, atomic_directory,
+                                           check_writable, checkpoint_arch, copy_hf_metadata, read_meta,
+                                           resolve_checkpoint, verify_checkpoint, write_meta)
 from checkpoint_convert.dist_layout import (ExtraState, Record, TorchDistReader, extra_state_bytes, layout_entries,
                                             write_torch_dist)
 from checkpoint_convert.errors import ConversionError
@@ -48,6 +50,8 @@ from checkpoint_convert.mapping import (FC1, VOCAB, Layout, Param, checkpoint_ke
                                         from_megatron_shards, hf_shapes, to_megatron_shard)
 from checkpoint_convert.safetensors_io import HFWeights, SafetensorsWriter
 from checkpoint_convert.staging import Staging
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default
 # megatron_to_hf reads this many bytes of decoder layers at a time: a bounded working set.
@@ -126,7 +130,8 @@ def hf_to_megatron(hf_dir: os.PathLike, out_dir: os.PathLike, tp: int = 1, pp: i
         # straight from the page cache; only reshuffled (or cast) ones get new memory.
         records = _records(layout, weights.map, target)
         total = sum(r.nbytes for r in records)
-        with atomic_directory(out_dir, overwrite) as tmp, _progress(total, "writing", progress) as bar:
+        with atomic_directory(out_dir, overwrite, manifest=True) as tmp, \
+                _progress(total, "writing", progress) as bar:
             lock = threading.Lock()
 
             def written(n: int) -> None:
@@ -185,9 +190,14 @@ def _set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:
 def megatron_to_hf(ckpt_dir: os.PathLike, out_dir: os.PathLike, dtype: Optional[str] = None,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False,
                    progress: Optional[bool] = None) -> Summary:
-    """Convert a Megatron checkpoint (any TP x PP) into a HF directory of sharded safetensors."""
+    """Convert a Megatron checkpoint (any TP x PP; a run, its checkpoints/ or ``latest`` name
+    one, see resolve_checkpoint) into a HF directory of sharded safetensors. The files read are
+    checked against the checkpoint's manifest first."""
     start = time.perf_counter()
-    ckpt = Path(ckpt_dir)
+    ckpt, how = resolve_checkpoint(ckpt_dir)
+    log.info("checkpoint %s (%s)", ckpt, how)
+    if not verify_checkpoint(ckpt, only=(MODEL_DIR, HF_DIR, META_FILE)):
+        log.warning("%s has no manifest (written before checkpoints had one): its files are not verified", ckpt)
     meta = read_meta(ckpt)
     arch = checkpoint_arch(ckpt)
     if meta.family != arch.family:

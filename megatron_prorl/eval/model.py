@@ -17,31 +17,24 @@ from typing import Iterator
 
 from megatron_prorl import builtin
 
-META_FILE = "meta.json"
-
-
 class ModelNotFound(ValueError):
     pass
 
 
 def find_checkpoint(path: Path) -> Path | None:
-    """The checkpoint directory ``path`` names (itself, or a run's latest), or None for a HF dir."""
-    from megatron_prorl.checkpoint import CheckpointManager
+    """The checkpoint directory ``path`` names (itself, a run's latest...), or None for a HF dir."""
+    from checkpoint_convert.checkpoint import resolve_checkpoint
+    from checkpoint_convert.errors import ConversionError
 
     if (path / "config.json").is_file():
         return None
-    if (path / META_FILE).is_file():
-        return path
-    for root in (path / "checkpoints", path):
-        if (root / "latest").is_file():
-            latest = CheckpointManager(root, keep_last=1).latest()
-            if not (latest / META_FILE).is_file():
-                raise ModelNotFound(f"--model {path}: {latest} has no {META_FILE}; not a megatron-prorl checkpoint")
-            return latest
-    if not path.exists():
-        raise ModelNotFound(f"--model {path}: no such directory")
-    raise ModelNotFound(f"--model {path}: not a Hugging Face directory (no config.json), a megatron-prorl "
-                        f"checkpoint (no {META_FILE}) or a training run (no checkpoints/latest)")
+    try:
+        ckpt, how = resolve_checkpoint(path)
+    except ConversionError as exc:
+        raise ModelNotFound(f"--model {path}: not a Hugging Face directory (no config.json), nor a checkpoint: "
+                            f"{exc}") from None
+    print(f"--model {path}: checkpoint {ckpt} ({how})", flush=True)
+    return ckpt
 
 
 @contextlib.contextmanager

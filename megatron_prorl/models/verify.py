@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from checkpoint_convert.arch import load_arch
-from checkpoint_convert.checkpoint import checkpoint_arch, load_model_checkpoint
+from checkpoint_convert.checkpoint import (HF_DIR, META_FILE, MODEL_DIR, checkpoint_arch, load_model_checkpoint,
+                                           resolve_checkpoint, verify_checkpoint)
 from checkpoint_convert.errors import ConversionError
 from megatron_prorl.config import ModelConfig, ParallelConfig
 from megatron_prorl.distributed import init_distributed, shutdown_distributed
@@ -35,6 +36,8 @@ def max_logit_diff(hf_dir: os.PathLike, ckpt_dir: os.PathLike, seq_len: int = 32
     from transformers import AutoModelForCausalLM
 
     src = Path(hf_dir)
+    ckpt_dir, _ = resolve_checkpoint(ckpt_dir)
+    verify_checkpoint(ckpt_dir, only=(MODEL_DIR, HF_DIR, META_FILE))
     arch = checkpoint_arch(ckpt_dir)
     theirs_arch = load_arch(src)
     if replace(theirs_arch, torch_dtype=arch.torch_dtype) != arch:

@@ -14,6 +14,7 @@ import pytest
 from convert_jobs import read_hf_tensors
 from convert_models import write_variant
 
+from checkpoint_convert.checkpoint import HF_FILES
 from megatron_prorl.convert_cli import main
 
 SUMMARY = re.compile(r"\d+ tensors, \d+\.\d+ GB in \d+\.\d+ s \(\d+\.\d+ GB/s\) -> ")
@@ -118,7 +119,7 @@ def test_existing_output_is_not_touched(hf_dirs, tmp_path, capsys):
 
 def test_megatron_to_hf_bad_input(hf_dirs, tmp_path, capsys):
     assert main(["megatron-to-hf", "--ckpt", str(hf_dirs["qwen2"]), "--out", str(tmp_path / "out")]) == 2
-    assert "not a megatron-prorl checkpoint (no meta.json)" in capsys.readouterr().err
+    assert "not a checkpoint (no meta.json), nor a run or checkpoints directory" in capsys.readouterr().err
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "meta.json").write_text(json.dumps({"format": "megatron-prorl", "version": 1, "tp": 1, "pp": 1,
                                                              "dtype": "fp32", "family": "qwen2"}))
@@ -141,3 +142,52 @@ def test_the_converter_runs_on_its_own(hf_dirs, tmp_path):
     assert read_hf_tensors(back).keys() == read_hf_tensors(hf_dirs["qwen2"]).keys()
     run = subprocess.run([sys.executable, "-c", code, "verify"], capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 2 and "invalid choice: 'verify'" in run.stderr
+
+
+def _run_layout(tmp_path: Path, ckpt: Path) -> Path:
+    """A training run's layout around a copy of ``ckpt``: RUN/checkpoints/step_00000003 + latest."""
+    run = tmp_path / "run"
+    shutil.copytree(ckpt, run / "checkpoints" / "step_00000003")
+    (run / "checkpoints" / "latest").write_text("step_00000003\n")
+    return run
+
+
+def test_megatron_to_hf_takes_a_run_its_checkpoints_its_latest_or_a_step(hf_dirs, tmp_path, caplog):
+    """Every path a user would type names the same checkpoint, and the command says which it took.
+    The export holds what a Hugging Face model directory holds, and nothing of the source's
+    other files (a README, data...)."""
+    src = Path(shutil.copytree(hf_dirs["qwen2"], tmp_path / "src"))
+    (src / "README.md").write_text("a model card")
+    (src / "heldout.jsonl").write_text("{}\n")
+    ckpt = tmp_path / "ckpt"
+    assert main(["hf-to-megatron", "--hf-dir", str(src), "--out", str(ckpt)]) == 0
+    assert (ckpt / "manifest.json").is_file()
+    model_files = sorted(p.name for p in src.iterdir() if p.name in HF_FILES)
+    assert "config.json" in model_files and sorted(p.name for p in (ckpt / "hf").iterdir()) == model_files
+    run = _run_layout(tmp_path, ckpt)
+    step = run / "checkpoints" / "step_00000003"
+    for i, given in enumerate((run, run / "checkpoints", run / "checkpoints" / "latest", step)):
+        caplog.clear()
+        assert main(["megatron-to-hf", "--ckpt", str(given), "--out", str(tmp_path / f"out{i}")]) == 0
+        assert f"checkpoint {step} (" in caplog.text  # the command says which it took
+        assert sorted(p.name for p in (tmp_path / f"out{i}").iterdir()) == sorted(model_files + ["model.safetensors"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "flipped"])
+def test_a_damaged_checkpoint_is_refused_naming_the_file(hf_dirs, tmp_path, capsys, damage):
+    ckpt = tmp_path / "ckpt"
+    assert main(["hf-to-megatron", "--hf-dir", str(hf_dirs["qwen2"]), "--out", str(ckpt)]) == 0
+    victim = sorted((ckpt / "model").glob("*.distcp"))[0]
+    data = victim.read_bytes()
+    if damage == "truncated":
+        victim.write_bytes(data[:-100])
+    elif damage == "deleted":
+        victim.unlink()
+    else:
+        victim.write_bytes(data[:50] + bytes([data[50] ^ 1]) + data[51:])
+    capsys.readouterr()
+    assert main(["megatron-to-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    reason = {"truncated": "truncated or overwritten", "deleted": "missing", "flipped": "checksum mismatch"}[damage]
+    assert err.startswith("prorl-convert: error: ") and str(victim) in err and reason in err, err
+    assert not (tmp_path / "out").exists()
