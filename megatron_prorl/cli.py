@@ -1,45 +1,76 @@
 """The `prorl` command.
 
-    prorl train CONFIG [key=value ...] [--nproc N]
+    prorl train CONFIG [key=value ...] [--nproc N] [--debug]
     prorl plot RUN_DIR [--out DIR]
     prorl data prepare --out DIR [--only DOMAIN ...]   (see megatron_prorl/data/prepare.py)
     prorl eval --model DIR_OR_CKPT --data SOURCE [...] --out DIR    (also: eval compare, eval creativity)
 
 Under torchrun or srun, `prorl train` joins the job as one rank. Run directly, it starts
 ``--nproc`` local processes itself (default: tensor x pipeline parallel size), so a CPU run at
-TP2 x PP2 is one command.
+TP2 x PP2 is one command. A mistake in the input (config, data, model, checkpoint, an output
+directory another run holds) is one line, ``prorl: error: ...``, with exit code 2, found
+before any rank starts where it can be; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 
 from checkpoint_convert.errors import ConversionError
-from megatron_prorl.config import ConfigError, load_config
+from megatron_prorl.config import ProRLConfig, load_config
+from megatron_prorl.errors import UserError
+
+USER_ERRORS = (UserError, ConversionError)
 
 
-def _train_rank(config_path: str, overrides: list[str]) -> dict:
+def check_before_start(cfg: ProRLConfig, world_size: int) -> None:
+    """What can be checked without starting ranks: the model's config.json against the layout
+    and the world size, and the stage schedule."""
+    from checkpoint_convert.arch import hf_arch, read_hf_config
+    from megatron_prorl.config import validate
+    from megatron_prorl.models.builder import resolve_hf_dir
+    from megatron_prorl.stages import resolve_stages
+
+    hf_dir = resolve_hf_dir(cfg.model.hf_dir)
+    hf_config = read_hf_config(hf_dir)
+    hf_arch(hf_config, source=str(hf_dir / "config.json"))
+    validate(cfg, hf_config, world_size=world_size)
+    resolve_stages(cfg)
+
+
+def _train_rank(config_path: str, overrides: list[str], hold_lock: bool) -> dict:
     from megatron_prorl.distributed import detect_env
+    from megatron_prorl.run_lock import RunLock
     from megatron_prorl.trainer import Trainer
 
     cfg = load_config(config_path, overrides)
-    rank0 = detect_env().rank == 0
-    logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if detect_env().rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lists every parameter
-    return Trainer(cfg).run()
+    with RunLock(cfg.trainer.output_dir) if hold_lock else contextlib.nullcontext():
+        return Trainer(cfg).run()
 
 
 def _print_summary(summary: dict, run_dir: str) -> None:
-    before, after = summary.get("before"), summary.get("after")
-    print(f"\nProRL run finished: {summary['steps']} steps, {len(summary['resets'])} reference resets")
-    if before and after:
+    steps, stopped_by = summary["steps"], summary.get("stopped_by")
+    if stopped_by:
+        print(f"\nProRL run stopped by {stopped_by} at step {steps} of {summary['total_steps']} (checkpointed; "
+              f"the same command resumes it), {len(summary['resets'])} reference resets")
+    else:
+        print(f"\nProRL run finished: {steps} steps, {len(summary['resets'])} reference resets")
+    before, last = summary.get("before"), summary.get("last_validation")
+    if last and last["step"] == steps and before and before is not last:
         for key in sorted(k for k in before if k.startswith("val/")):
-            print(f"  {key:28s} before {before[key]:.3f}  ->  after {after[key]:.3f}  ({after[key] - before[key]:+.3f})")
+            print(f"  {key:28s} before {before[key]:.3f}  ->  after {last[key]:.3f}  ({last[key] - before[key]:+.3f})")
+    elif last:
+        print(f"  last validation at step {last['step']}:")
+        for key in sorted(k for k in last if k.startswith("val/")):
+            print(f"  {key:28s} {last[key]:.3f}")
     try:
         from megatron_prorl.plot import plot_run
 
@@ -52,17 +83,23 @@ def _print_summary(summary: dict, run_dir: str) -> None:
 
 def train(args) -> int:
     from megatron_prorl.distributed import detect_env, under_launcher
+    from megatron_prorl.run_lock import RunLock
 
     cfg = load_config(args.config, args.overrides)  # fail fast, before any process starts
     mp = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
-    nproc = args.nproc or mp
-    if under_launcher() or nproc == 1:
-        summary = _train_rank(args.config, args.overrides)
+    env = detect_env()
+    launched = under_launcher()
+    nproc = env.world_size if launched else args.nproc or mp
+    check_before_start(cfg, nproc)
+    if launched or nproc == 1:
+        # Under torchrun/srun the first rank holds the run directory for the job.
+        summary = _train_rank(args.config, args.overrides, hold_lock=env.rank == 0)
     else:
         from megatron_prorl.launch import spawn
 
-        summary = spawn(_train_rank, nproc, args.config, args.overrides, timeout=None)[0]
-    if detect_env().rank == 0:  # under srun or torchrun every rank returns here
+        with RunLock(cfg.trainer.output_dir):  # before any rank starts: a second run is refused at once
+            summary = spawn(_train_rank, nproc, args.config, args.overrides, False, timeout=None)[0]
+    if env.rank == 0:  # under srun or torchrun every rank returns here
         _print_summary(summary, cfg.trainer.output_dir)
         with open(os.path.join(cfg.trainer.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
@@ -75,12 +112,9 @@ def plot(args) -> int:
     return plot_main([args.run_dir] + (["--out", args.out] if args.out else []))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["eval"]:  # its own parser, with subcommands (megatron_prorl/eval/cli.py)
-        from megatron_prorl.eval.cli import main as eval_main
+def build_parser() -> argparse.ArgumentParser:
+    from megatron_prorl.data import prepare
 
-        return eval_main(argv[1:])
     parser = argparse.ArgumentParser(prog="prorl", description="ProRL on Megatron-Core")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run the ProRL loop from a YAML config")
@@ -88,13 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rollout.n=8")
     t.add_argument("--nproc", type=int, default=None,
                    help="local processes to start when not under torchrun/srun (default: TP x PP)")
+    t.add_argument("--debug", action="store_true", help="show the traceback of an error in the input")
     t.set_defaults(func=train)
     p = sub.add_parser("plot", help="write PNG charts of a run's metrics")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None)
     p.set_defaults(func=plot)
-    from megatron_prorl.data import prepare
-
     d = sub.add_parser("data", help="training data").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="write the paper config's data files from ProRL's public datasets")
     prepare.add_arguments(dp)
@@ -102,10 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("eval", add_help=False,
                    help="evaluate a model (pass@k, majority@k), compare checkpoints, Creativity Index; "
                         "`prorl eval --help`")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:  # its own parser, with subcommands (megatron_prorl/eval/cli.py)
+        from megatron_prorl.eval.cli import main as eval_main
+
+        return eval_main(argv[1:])
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ConversionError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
+        if getattr(args, "debug", False):
+            raise
         print(f"prorl: error: {exc}", file=sys.stderr)
         return 2
 

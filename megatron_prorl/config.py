@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from megatron_prorl.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration value is wrong; the message names the key and, when known, the file."""
 
 
@@ -289,6 +292,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
         except OmegaConfBaseException as exc:
             raise _explain(exc, str(path)) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or not key:
@@ -301,9 +306,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as exc:
             raise _explain(exc, f"override '{item}'") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': the value is not valid YAML "
+                              f"({getattr(exc, 'problem', None) or exc})") from None
     obj = OmegaConf.to_object(cfg)
     validate(obj)
     return obj
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}"
 
 
 def _has_key(cfg, dotted: str) -> bool:

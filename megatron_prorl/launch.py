@@ -1,35 +1,53 @@
 """Run a function on N local processes, as torchrun would (CPU runs, tests, benchmarks).
 
 Each process gets torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so
-the function initialises distributed state exactly as under torchrun or Slurm.
+the function initialises distributed state exactly as under torchrun or Slurm. The ranks die
+with the process that started them, whatever killed it, and report back through pipes (no
+semaphore or temporary file that a killed run would leave behind).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import queue as queue_module
 import signal
 import time
 import traceback
+from multiprocessing.connection import wait
 
 import torch.multiprocessing as mp
 
+from megatron_prorl import process
 from megatron_prorl.distributed import free_port
+from megatron_prorl.errors import UserError
 
 
-def _entry(rank, world_size, port, fn, args, queue):
+class RankFailed(RuntimeError):
+    """A rank raised (its traceback is in the message) or died."""
+
+
+class RankUserError(UserError):
+    """A rank stopped on a user error; the message is that rank's one line."""
+
+
+def _entry(rank, world_size, port, fn, args, conn, parent_pid):
+    process.die_with_parent(parent_pid)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     import torch
 
+    from checkpoint_convert.errors import ConversionError
+
     torch.set_num_threads(1)
     try:
-        # Plain pickle: torch's queue pickler shares tensors through file descriptors that
-        # vanish when this process exits before the parent reads them.
-        queue.put((rank, "ok", pickle.dumps(fn(*args))))
+        # Plain pickle: torch's pickler shares tensors through file descriptors that vanish
+        # when this process exits before the parent reads them.
+        conn.send((rank, "ok", pickle.dumps(fn(*args))))
+    except (UserError, ConversionError) as exc:
+        conn.send((rank, "user", str(exc)))
+        raise SystemExit(2)
     except BaseException:
-        queue.put((rank, "error", traceback.format_exc()))
+        conn.send((rank, "error", traceback.format_exc()))
         raise
 
 
@@ -37,17 +55,20 @@ def spawn(fn, world_size: int, *args, timeout: float | None = 300.0) -> list:
     """Run ``fn(*args)`` on ``world_size`` spawned ranks; return each rank's result, by rank.
 
     ``fn`` must be a module-level function; it reads its rank from the environment (as under
-    torchrun). A failure on any rank raises with that rank's traceback; a rank that dies without
-    one (killed, out of memory) raises with its exit code. SIGTERM, SIGUSR1 and SIGINT sent to
-    this process are forwarded to the ranks, so a scheduler's warning reaches them.
+    torchrun). A user error on a rank raises :class:`RankUserError` with its message; any other
+    failure :class:`RankFailed` with that rank's traceback, or its exit code when it died without
+    one. SIGTERM, SIGUSR1 and SIGINT sent to this process are forwarded to the ranks, so a
+    scheduler's warning reaches them.
     """
+    process.start_resource_tracker()
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, queue), daemon=False)
+    pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]
+    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, pipes[r][1], os.getpid()), daemon=False)
              for r in range(world_size)]
-    for p in procs:
+    for p, (_, writer) in zip(procs, pipes):
         p.start()
+        writer.close()
 
     def forward(signum, frame):
         for p in procs:
@@ -57,25 +78,35 @@ def spawn(fn, world_size: int, *args, timeout: float | None = 300.0) -> list:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     deadline = None if timeout is None else time.monotonic() + timeout
     results: dict[int, object] = {}
+    readers = {pipes[r][0]: r for r in range(world_size)}
+    grace = 2.0  # after a failure the other ranks may wait on it in a collective forever
     try:
         while len(results) < world_size:
-            try:
-                rank, status, value = queue.get(timeout=1.0)
-            except queue_module.Empty:
-                dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in results]
-                if dead:
-                    raise RuntimeError(f"rank {dead[0][0]} exited with code {dead[0][1]} before returning a result")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"ranks did not finish within {timeout} s")
-                continue
-            if status == "error":
-                raise RuntimeError(f"rank {rank} failed:\n{value}")
-            results[rank] = pickle.loads(value)
+            ready = wait(list(readers), timeout=1.0)
+            for reader in ready:
+                try:
+                    rank, status, value = reader.recv()
+                except EOFError:  # the rank is gone without a word: killed, out of memory
+                    rank = readers.pop(reader)
+                    procs[rank].join(timeout=5)
+                    raise RankFailed(f"rank {rank} exited with code {procs[rank].exitcode} before returning "
+                                     "a result") from None
+                readers.pop(reader)
+                if status == "user":
+                    raise RankUserError(value)
+                if status == "error":
+                    raise RankFailed(f"rank {rank} failed:\n{value}")
+                results[rank] = pickle.loads(value)
+            if not ready and deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"ranks did not finish within {timeout} s")
+        grace = 30.0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        end = time.monotonic() + grace
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=max(0.0, end - time.monotonic()))
             if p.is_alive():
                 p.kill()
+                p.join()
     return [results[r] for r in range(world_size)]

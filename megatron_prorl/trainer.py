@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import signal
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from checkpoint_convert.checkpoint import CheckpointWriteError
 from megatron_prorl import checkpoint as ckpt
 from megatron_prorl import device
 from megatron_prorl.actor import ActorState, PolicyActor, ResetRecord
@@ -37,6 +40,7 @@ from megatron_prorl.distributed import all_max, all_sum, detect_env, init_distri
 from megatron_prorl.experience import Group, generate_groups, group_stats, max_response_length, to_train_batch
 from megatron_prorl.metrics import MetricsLogger
 from megatron_prorl.models.builder import resolve_dtype, resolve_hf_dir
+from megatron_prorl.process import STOP_SIGNALS
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
 from megatron_prorl.stages import Stage, resolve_stages, stage_of, total_steps
 
@@ -64,30 +68,49 @@ def reduce_stats(stats: dict[str, tuple[float, float]], names: Sequence[str]) ->
 
 
 class _StopFlag:
-    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit): finish the step, checkpoint, exit."""
+    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit): finish the step, checkpoint,
+    exit. Installed first thing, so a signal during start-up is not lost."""
 
     def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        self.signum = 0
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = signum
         log.warning("received %s: will checkpoint after this step and exit", signal.Signals(signum).name)
 
-    def agreed(self) -> bool:
-        return bool(all_max([float(self.requested)])[0])
+    def agreed(self) -> Optional[str]:
+        """The stop signal any rank received (collective), or None."""
+        signum = int(all_max([self.signum])[0])
+        return signal.Signals(signum).name if signum else None
 
 
 class Trainer:
     def __init__(self, cfg: ProRLConfig):
         self.cfg = cfg
+        self.stop = _StopFlag()
+        self.stopped_by: Optional[str] = None
         self._start_distributed()
         self._load_data()
         self.actor = PolicyActor(cfg, self.arch)
         self._restore_or_initialise()
         self._start_rollout()
         self._open_run_dir()
+        self._start_random_streams()
+
+    def _start_random_streams(self) -> None:
+        """Last, once set-up (which draws random numbers, some seeded from the OS) is done: the
+        process-global generators start from the seed, or, resuming, from the states the run
+        had after its checkpointed step; so two runs of one config, and a resumed run, hold the
+        same states at the same step."""
+        if self.resumed_from is not None:
+            ckpt.load_rng(self.resumed_from)
+            return
+        seed = _seed(self.cfg.trainer.seed, self.rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
     # ------------------------------------------------------------------------ set-up
     def _start_distributed(self) -> None:
@@ -119,17 +142,26 @@ class Trainer:
         self.sampler = MixedSampler(self.data.pools(), self.data.weights(), seed=cfg.data.seed)
 
     def _restore_or_initialise(self) -> None:
-        """Resume a trainer checkpoint, else start from a converted checkpoint or the HF weights."""
+        """Resume the run's newest intact checkpoint; else start from checkpoint.load (a trainer
+        checkpoint, or a converted model) or the HF weights."""
         from checkpoint_convert import load_hf_weights, load_model_checkpoint
+        from checkpoint_convert.checkpoint import resolve_checkpoint, verify_checkpoint
 
         cfg = self.cfg
         self.out = Path(cfg.trainer.output_dir)
         self.ckpts = ckpt.CheckpointManager(self.out / "checkpoints", cfg.checkpoint.keep_last)
+        self.ckpts.remove_leftovers()
         self.trigger = ResetTrigger(cfg.reset)
         self.step = 0
         self.stage_index = -1
         self.history: list[dict] = []  # validation results, for the final summary
-        resume = self.ckpts.latest() or (Path(cfg.checkpoint.load) if cfg.checkpoint.load else None)
+        resume = self.ckpts.latest()
+        self.last_checkpoint = resume.name if resume is not None else None
+        self.resumed_from: Optional[Path] = None
+        if resume is None and cfg.checkpoint.load:
+            resume, how = resolve_checkpoint(cfg.checkpoint.load)
+            log.info("checkpoint.load: %s (%s)", resume, how)
+            verify_checkpoint(resume)
         if resume is not None and (resume / "trainer_state.json").is_file():
             self._load(resume)  # a trainer checkpoint: continue where it stopped
             return
@@ -159,7 +191,6 @@ class Trainer:
     def _open_run_dir(self) -> None:
         self.logger = MetricsLogger(self.out, self.cfg.logging, self.total_steps, enabled=self.rank == 0,
                                     resume_step=self.step)
-        self.stop = _StopFlag()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(to_yaml(self.cfg))
@@ -167,9 +198,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------ the loop
     def run(self) -> dict:
-        if self.step == 0 and self.data.val:
+        try:
+            self._loop()
+        finally:
+            self.close()
+        return self.summary()
+
+    def _loop(self) -> None:
+        self.stopped_by = self.stop.agreed()  # during start-up: stop before any step
+        if self.stopped_by:
+            self.logger.log_event(self.step, f"stopping on {self.stopped_by} before step {self.step + 1}")
+        elif self.step == 0 and self.data.val:
             self._validate(0)
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self.stopped_by:
             step = self.step + 1
             stage = stage_of(self.stages, step)
             if stage.index != self.stage_index:
@@ -183,15 +224,12 @@ class Trainer:
                 reason = reason or self.trigger.on_validation(score)
             if reason:
                 self._reset(step, reason)
-            stop = self.stop.agreed()
+            self.stopped_by = self.stop.agreed()
             every = self.cfg.checkpoint.every
-            if stop or step == self.total_steps or (every and step % every == 0):
+            if self.stopped_by or step == self.total_steps or (every and step % every == 0):
                 self.save()
-            if stop:
-                self.logger.log_event(step, "stopping on signal after checkpoint")
-                break
-        self.close()
-        return self.summary()
+            if self.stopped_by:
+                self.logger.log_event(step, f"stopping on {self.stopped_by} after the checkpoint of step {step}")
 
     def _enter_stage(self, stage: Stage, step: int) -> None:
         self.stage_index = stage.index
@@ -360,13 +398,18 @@ class Trainer:
             ckpt.save_rng(tmp)
             ckpt.save_metadata(tmp, self.trainer_state(), to_yaml(self.cfg), self.hf_dir, meta)
 
-        path = self.ckpts.save(self.step, write)
+        try:
+            path = self.ckpts.save(self.step, write)
+        except CheckpointWriteError as exc:
+            raise CheckpointWriteError(f"checkpoint of step {self.step}: {exc}; the latest checkpoint is still "
+                                       f"{self.last_checkpoint or 'none (no step checkpointed yet)'}") from exc
+        self.last_checkpoint = path.name
         self.logger.log_event(self.step, f"checkpoint {path}")
         return path
 
     def _load(self, path: Path) -> None:
         ckpt.load_actor(self.actor, path)
-        ckpt.load_rng(path)
+        self.resumed_from = path
         # Older checkpoints also hold the stage's "temperature" and "kl_beta": unused, the
         # stage of the step gives them.
         state = ckpt.load_trainer_state(path)
@@ -380,10 +423,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def summary(self) -> dict:
+        """``before``: the validation at step 0; ``last_validation``: the latest one (at the
+        final step of a finished run, earlier for a run stopped by a signal)."""
         before = next((h for h in self.history if h["step"] == 0), None)
-        after = self.history[-1] if self.history else None
-        return {"steps": self.step, "before": before, "after": after,
-                "resets": [vars(r) for r in self.actor.state.resets]}
+        last = self.history[-1] if self.history else None
+        return {"steps": self.step, "total_steps": self.total_steps, "stopped_by": self.stopped_by,
+                "before": before, "last_validation": last, "resets": [vars(r) for r in self.actor.state.resets]}
 
     def close(self) -> None:
         self.logger.close()

@@ -14,7 +14,6 @@ import dataclasses
 import typing
 from pathlib import Path
 
-import pytest
 
 from megatron_prorl import config as C
 

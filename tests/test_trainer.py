@@ -7,73 +7,13 @@ tiny model (partially competent at 2-digit addition, so groups carry signal).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-# Wall-clock and throughput fields differ between runs; everything else must match exactly.
-TIMING = ("time/", "tokens_per_s", "sync/gb_per_s", "time")
-
-
-def write_config(tmp: Path, **extra) -> Path:
-    cfg = {
-        "model": {"hf_dir": "builtin:tiny", "dtype": "fp32"},
-        "optim": {"lr": 3e-4},
-        "batch": {"prompts_per_step": 8, "prompts_per_mini_batch": 4, "micro_batch_size": 16},
-        "rollout": {"n": 4, "temperature": 1.2, "max_prompt_length": 128, "max_response_length": 12},
-        "rewards": {"num_workers": 1},
-        "data": {"seed": 0, "train": [{"path": "arithmetic:add", "size": 2000}],
-                 "val": [{"path": "arithmetic:add", "size": 16}]},
-        "trainer": {"seed": 1, "output_dir": str(tmp / "run"), "val_samples": 2,
-                    "stages": [{"name": "main", "steps": 3}]},
-        "checkpoint": {"every": 1, "keep_last": 2},
-        "logging": {"tensorboard": False, "progress": False},
-    }
-    for key, value in extra.items():
-        section, name = key.split("__")
-        cfg.setdefault(section, {})[name] = value
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def prorl(*args, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "megatron_prorl.cli", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kwargs)
-
-
-def run_ok(*args, timeout=600) -> str:
-    proc = prorl(*args)
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
-def records(run_dir: Path, kind: str = "train") -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-
-def comparable(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if not k.startswith(TIMING)}
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """An uninterrupted 3-step run: the yardstick for the resume and layout tests."""
-    tmp = tmp_path_factory.mktemp("ref")
-    out = run_ok("train", write_config(tmp))
-    return tmp / "run", out
+from helpers.runs import ROOT, comparable, records, run_ok, write_config
 
 
 def test_loop_logs_every_metric_and_learns_something(reference_run):
@@ -105,47 +45,6 @@ def test_loop_logs_every_metric_and_learns_something(reference_run):
     state = json.loads((ck / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["actor"]["updates"] == 6  # 8 prompts / 4 per mini-batch x 3 steps
     assert "before" in out and "after" in out  # the summary a user sees
-
-
-def test_resume_after_sigkill_matches_uninterrupted_run(reference_run, tmp_path):
-    ref_run, _ = reference_run
-    config = write_config(tmp_path)
-    run = tmp_path / "run"
-    proc = prorl("train", config)
-    deadline = time.monotonic() + 600
-    # Kill hard once step 2 is checkpointed and step 3 is under way.
-    while not ((run / "checkpoints" / "latest").exists()
-               and (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    out = run_ok("train", config)
-    assert "resumed from" in out
-    assert [comparable(r) for r in records(run)] == [comparable(r) for r in records(ref_run)]
-    assert [comparable(r) for r in records(run, "val")] == [comparable(r) for r in records(ref_run, "val")]
-
-
-def test_sigterm_checkpoints_then_exits_cleanly(tmp_path):
-    config = write_config(tmp_path, trainer__stages=[{"name": "long", "steps": 50}],
-                          checkpoint__every=0)
-    run = tmp_path / "run"
-    proc = prorl("train", config)
-    deadline = time.monotonic() + 600
-    while not (run / "metrics.jsonl").exists() or not records(run):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    last = records(run)[-1]["step"]
-    assert last < 50
-    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{last:08d}"
-    events = records(run, "event")
-    assert any("stopping on signal" in e.get("text", "") for e in events)
 
 
 def test_stages_resets_and_dynamic_sampling(tmp_path):

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from megatron_prorl.data.schema import Row
+from megatron_prorl.errors import DataError
 from megatron_prorl.registry import Registry
 
 
@@ -45,9 +46,9 @@ def generate(path: str, size: int, seed: int) -> list[Row]:
     name, _, rest = path.partition(":")
     arg, _, query = rest.partition("?")
     if name not in GENERATORS:
-        raise ValueError(f"{path!r}: unknown generator {name!r} (known: {', '.join(GENERATORS.names())})")
+        raise DataError(f"{path!r}: unknown generator {name!r} (known: {', '.join(GENERATORS.names())})")
     if size < 1:
-        raise ValueError(f"{path!r}: size must be >= 1, got {size}")
+        raise DataError(f"{path!r}: size must be >= 1, got {size}")
     config = {key: _value(value) for key, value in parse_qsl(query, keep_blank_values=True)}
     return GENERATORS.get(name).make(arg, size, seed, config)
 
@@ -61,10 +62,10 @@ def _value(text: str) -> Any:
 
 def _arithmetic(op: str, size: int, seed: int, config: dict) -> list[Row]:
     if op != "add":
-        raise ValueError(f"arithmetic:{op}: unknown operation (known: add)")
+        raise DataError(f"arithmetic:{op}: unknown operation (known: add)")
     low, high = config.pop("low", 10), config.pop("high", 99)
     if config or not (isinstance(low, int) and isinstance(high, int) and low <= high):
-        raise ValueError(f"arithmetic:add takes integer 'low' <= 'high' only, got {dict(config, low=low, high=high)}")
+        raise DataError(f"arithmetic:add takes integer 'low' <= 'high' only, got {dict(config, low=low, high=high)}")
     rng = random.Random(seed)
     rows = []
     for i in range(size):
@@ -79,12 +80,12 @@ def _reasoning_gym(task: str, size: int, seed: int, config: dict) -> list[Row]:
     from reasoning_gym.factory import DATASETS
 
     if task not in DATASETS:
-        raise ValueError(f"reasoning_gym:{task}: unknown task (reasoning_gym has {len(DATASETS)} tasks, "
+        raise DataError(f"reasoning_gym:{task}: unknown task (reasoning_gym has {len(DATASETS)} tasks, "
                          f"e.g. {', '.join(sorted(DATASETS)[:5])}, ...)")
     try:
         dataset = reasoning_gym.create_dataset(task, seed=seed, size=size, **config)
     except (TypeError, ValueError, AssertionError) as exc:
-        raise ValueError(f"reasoning_gym:{task}: bad config {config}: {exc}") from None
+        raise DataError(f"reasoning_gym:{task}: bad config {config}: {exc}") from None
     rows = []
     for i in range(size):
         entry = dataset[i]

@@ -32,6 +32,7 @@ from megatron_prorl.data import generators, heldout, prompts
 from megatron_prorl.data.formats import FORMATS, Skip, to_record
 from megatron_prorl.data.readers import HUB_PREFIX, read_hub, read_records
 from megatron_prorl.data.schema import BadRow, Row, check_row
+from megatron_prorl.errors import DataError
 
 if TYPE_CHECKING:
     from megatron_prorl.config import DataConfig, DataSourceConfig
@@ -68,18 +69,18 @@ def load_source(src: "DataSourceConfig", seed: int = 0, name: Optional[str] = No
     """Rows of one source; ``seed`` seeds generator sources (files ignore it)."""
     name = name or source_label(src)
     if not src.path:
-        raise ValueError(f"data source {name!r}: empty path")
+        raise DataError(f"data source {name!r}: empty path")
     if generators.is_generator(src.path):
         domain = generators.domain_of(src.path)
         if src.domain and src.domain != domain:
-            raise ValueError(f"data source {src.path!r} makes {domain} rows, but its domain is {src.domain!r}")
+            raise DataError(f"data source {src.path!r} makes {domain} rows, but its domain is {src.domain!r}")
         return Source(name, src.path, src.weight, generators.generate(src.path, src.size, seed))
     try:
         fmt = FORMATS.get(src.format)
     except KeyError as exc:
-        raise ValueError(f"data source {src.path}: {exc}") from None
+        raise DataError(f"data source {src.path}: {exc}") from None
     if fmt.domain and src.domain and fmt.domain != src.domain:
-        raise ValueError(f"data source {src.path}: format {fmt.name!r} gives {fmt.domain} rows, "
+        raise DataError(f"data source {src.path}: format {fmt.name!r} gives {fmt.domain} rows, "
                          f"but the source's domain is {src.domain!r}")
     source = Source(name, src.path, src.weight, [])
     if src.path.startswith(HUB_PREFIX):
@@ -112,7 +113,7 @@ def load_source(src: "DataSourceConfig", seed: int = 0, name: Optional[str] = No
         warnings.warn(f"{where}: {source.bad} bad rows skipped in all ({source.bad - WARNINGS_PER_FILE} "
                       "not shown)", BadRowWarning, stacklevel=2)
     if not source.rows:
-        raise ValueError(f"{where}: no usable rows ({source.summary()})")
+        raise DataError(f"{where}: no usable rows ({source.summary()})")
     return source
 
 
@@ -149,7 +150,7 @@ def load_data(cfg: "DataConfig", tokenizer=None, max_prompt_length: Optional[int
     """All train and val sources of ``cfg``; prompt lengths are checked when a tokenizer is given."""
     data = Data(train=load_split(cfg, "train"), val=load_split(cfg, "val"))
     if not data.train:
-        raise ValueError("data.train has no sources")
+        raise DataError("data.train has no sources")
     if tokenizer is not None and max_prompt_length is not None:
         for source in data.train + data.val:
             _apply_length_limit(source, tokenizer, max_prompt_length, cfg.overlong_prompts)
@@ -158,7 +159,7 @@ def load_data(cfg: "DataConfig", tokenizer=None, max_prompt_length: Optional[int
         heldout.drop_held_out(source, held_out, "also in val")
     for source in data.train + data.val:
         if not source.rows:
-            raise ValueError(f"data source {source.path}: no rows left ({source.summary()})")
+            raise DataError(f"data source {source.path}: no rows left ({source.summary()})")
     return data
 
 
@@ -193,7 +194,7 @@ def save_rows(rows: Sequence[Row], path: str | Path) -> None:
                 f.write(json.dumps(to_record(row, json_strings=False), ensure_ascii=False) + "\n")
         return
     if path.suffix not in (".parquet", ""):
-        raise ValueError(f"{path}: save_rows writes .jsonl, .parquet or a directory (no suffix)")
+        raise DataError(f"{path}: save_rows writes .jsonl, .parquet or a directory (no suffix)")
     import datasets
 
     dataset = datasets.Dataset.from_list([to_record(r, json_strings=True) for r in rows])

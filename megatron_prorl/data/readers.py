@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 from urllib.parse import parse_qsl
 
+from megatron_prorl.errors import DataError
+
 Record = Union[dict, str]  # a record, or the reason it could not be read
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -35,7 +37,7 @@ HUB_OPTIONS = ("name", "split", "revision")
 def read_records(path: Path, split: Optional[str] = None) -> Iterator[tuple[str, Record]]:
     """Yield ``(location, record or error message)`` for every record of ``path``."""
     if not path.exists():
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise DataError(f"data file not found: {path}")
     if path.is_dir():
         yield from _rows(_load_saved_dataset(path, split))
     elif path.suffix == ".parquet":
@@ -49,7 +51,7 @@ def read_records(path: Path, split: Optional[str] = None) -> Iterator[tuple[str,
             for i, row in enumerate(csv.DictReader(f)):
                 yield f"row {i}", row
     else:
-        raise ValueError(f"{path}: unsupported data file type {path.suffix!r} "
+        raise DataError(f"{path}: unsupported data file type {path.suffix!r} "
                          f"(expected {', '.join(JSON_SUFFIXES)}, .parquet, .csv or a saved datasets directory)")
 
 
@@ -61,7 +63,7 @@ def read_hub(spec: str, split: Optional[str] = None) -> Iterator[tuple[str, Reco
     options = dict(parse_qsl(query, keep_blank_values=True))
     unknown = sorted(set(options) - set(HUB_OPTIONS))
     if not name or unknown:
-        raise ValueError(f"{spec!r}: expected hf:NAME[?{'&'.join(o + '=...' for o in HUB_OPTIONS)}]"
+        raise DataError(f"{spec!r}: expected hf:NAME[?{'&'.join(o + '=...' for o in HUB_OPTIONS)}]"
                          + (f", got unknown option(s) {unknown}" if unknown else ""))
     import datasets
 
@@ -77,7 +79,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, Record]]:
             try:
                 items = json.load(f)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON: {exc}") from None
+                raise DataError(f"{path}: not valid JSON: {exc}") from None
             for i, item in enumerate(items):
                 yield f"row {i}", item if isinstance(item, dict) else _not_object(item)
             return
@@ -104,11 +106,11 @@ def _load_saved_dataset(path: Path, split: Optional[str]):
         return loaded
     if split is None:
         if len(loaded) != 1:
-            raise ValueError(f"{path}: a DatasetDict with splits {sorted(loaded)}; set the source's "
+            raise DataError(f"{path}: a DatasetDict with splits {sorted(loaded)}; set the source's "
                              "'split' to choose one")
         split = next(iter(loaded))
     if split not in loaded:
-        raise ValueError(f"{path}: no split {split!r} (has {sorted(loaded)})")
+        raise DataError(f"{path}: no split {split!r} (has {sorted(loaded)})")
     return loaded[split]
 
 

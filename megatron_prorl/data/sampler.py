@@ -18,6 +18,7 @@ from itertools import accumulate
 from typing import Iterator, Mapping, Optional, Sequence
 
 from megatron_prorl.data.schema import Row
+from megatron_prorl.errors import DataError
 
 
 class MixedSampler:
@@ -26,10 +27,10 @@ class MixedSampler:
     def __init__(self, pools: Mapping[str, Sequence[Row]], weights: Optional[Mapping[str, float]] = None,
                  seed: int = 0):
         if not pools:
-            raise ValueError("MixedSampler needs at least one pool")
+            raise DataError("MixedSampler needs at least one pool")
         empty = [name for name, rows in pools.items() if not rows]
         if empty:
-            raise ValueError(f"empty pools: {empty}")
+            raise DataError(f"empty pools: {empty}")
         self._pools = {name: pools[name] for name in sorted(pools)}  # order-independent choices
         self._names = list(self._pools)
         self.seed = seed
@@ -46,10 +47,10 @@ class MixedSampler:
         """New mixture weights (relative; pools not named get 0)."""
         unknown = set(weights) - set(self._pools)
         if unknown:
-            raise ValueError(f"weights for unknown pools {sorted(unknown)} (pools: {list(self._pools)})")
+            raise DataError(f"weights for unknown pools {sorted(unknown)} (pools: {list(self._pools)})")
         values = [float(weights.get(name, 0.0)) for name in self._pools]
         if any(w < 0 for w in values) or sum(values) <= 0:
-            raise ValueError(f"weights must be >= 0 with a positive sum, got {dict(weights)}")
+            raise DataError(f"weights must be >= 0 with a positive sum, got {dict(weights)}")
         self._weights = values
         self._cumulative = list(accumulate(values))
 
@@ -94,11 +95,11 @@ class MixedSampler:
     def load_state_dict(self, state: Mapping) -> None:
         saved = state["pools"]
         if set(saved) != set(self._pools):
-            raise ValueError(f"sampler state is for pools {sorted(saved)}, this sampler has {list(self._pools)}")
+            raise DataError(f"sampler state is for pools {sorted(saved)}, this sampler has {list(self._pools)}")
         changed = {n: (saved[n]["size"], len(rows)) for n, rows in self._pools.items()
                    if saved[n]["size"] != len(rows)}
         if changed:
-            raise ValueError("data changed since the sampler state was saved (pool: saved size, size now): "
+            raise DataError("data changed since the sampler state was saved (pool: saved size, size now): "
                              f"{changed}; resuming would not continue the same order")
         self.seed, self._draws = int(state["seed"]), int(state["draws"])
         self._cursors = {n: [int(saved[n]["epoch"]), int(saved[n]["position"])] for n in self._pools}
@@ -118,12 +119,12 @@ def domain_mix_weights(pools: Mapping[str, Sequence[Row]], base: Mapping[str, fl
     for name, rows in pools.items():
         domains = {r.domain for r in rows}
         if len(domains) != 1:
-            raise ValueError(f"pool {name!r} holds domains {sorted(domains)}; a per-domain mix needs one "
+            raise DataError(f"pool {name!r} holds domains {sorted(domains)}; a per-domain mix needs one "
                              "domain per pool (set the source's domain)")
         domain_of[name] = domains.pop()
     missing = set(mix) - set(domain_of.values())
     if missing:
-        raise ValueError(f"data_mix names domains with no data: {sorted(missing)}")
+        raise DataError(f"data_mix names domains with no data: {sorted(missing)}")
     weights = {name: float(base.get(name, 0.0)) for name in pools}
     for domain, total in mix.items():
         names = [n for n in pools if domain_of[n] == domain]

@@ -12,6 +12,7 @@ worker's main thread, which Math-Verify's signal-based timeouts require.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -89,11 +90,15 @@ def _warm(domain: str, cfg: RewardsConfig) -> Optional[dict]:
     return None
 
 
-def _worker_main(conn: Connection, progress: Any, cfg_dict: dict, extra: dict, preload: Sequence[str]) -> None:
-    from megatron_prorl.rewards import confine, sandbox
+def _worker_main(conn: Connection, progress: Any, cfg_dict: dict, extra: dict, preload: Sequence[str],
+                 parent_pid: int) -> None:
+    from megatron_prorl import process
+    from megatron_prorl.rewards import sandbox
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
-    confine.set_parent_death_signal(signal.SIGKILL)  # never outlive the trainer
+    # Ctrl-C and the run's stop signals are the trainer's to handle; never outlive it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    process.ignore_stop_signals()
+    process.die_with_parent(parent_pid)
     sandbox.become_subreaper()
     # The pool reports the sandbox mode once; N workers repeating the fallback warning is noise.
     logging.getLogger(sandbox.__name__).setLevel(logging.ERROR)
@@ -167,6 +172,10 @@ class RewardPool:
         self._workers = [self._start_worker() for _ in range(self.num_workers)]
         self._thread = threading.Thread(target=self._run, name="reward-pool", daemon=True)
         self._thread.start()
+        # Workers ignore SIGTERM (the run's stop signal), so multiprocessing's own exit handler,
+        # which terminates then joins daemonic children, would wait for them forever: a pool
+        # left open (an error on the way out) is closed, and its workers killed, first.
+        atexit.register(self.close)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -206,6 +215,7 @@ class RewardPool:
             self._kill(worker)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        atexit.unregister(self.close)
 
     def __enter__(self) -> "RewardPool":
         return self
@@ -233,7 +243,7 @@ class RewardPool:
         parent, child = self._ctx.Pipe()
         progress = self._ctx.RawArray("d", 2)
         process = self._ctx.Process(target=_worker_main, name="reward-worker", daemon=True,
-                                    args=(child, progress, asdict(self.cfg), self._extra, self._preload))
+                                    args=(child, progress, asdict(self.cfg), self._extra, self._preload, os.getpid()))
         process.start()
         child.close()
         return _Worker(process, parent, progress)

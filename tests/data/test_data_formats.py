@@ -17,6 +17,7 @@ from megatron_prorl.config import DataSourceConfig
 from megatron_prorl.data import BadRowWarning, load_source
 from megatron_prorl.data.code_tests import decode_lcb_private
 from megatron_prorl.data.formats import final_answer
+from megatron_prorl.errors import DataError
 from megatron_prorl.data.schema import BadRow
 
 
@@ -172,7 +173,7 @@ def test_source_errors(fixtures, tmp_path):
         load(fixtures / "taco.jsonl", format="nope")
     with pytest.raises(ValueError, match="gives math rows, but the source's domain is 'code'"):
         load(fixtures / "deepscaler.json", format="deepscaler", domain="code")
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    with pytest.raises(DataError, match="data file not found: .*missing.jsonl"):
         load(tmp_path / "missing.jsonl")
     (tmp_path / "data.tsv").write_text("a\tb\n")
     with pytest.raises(ValueError, match="unsupported data file type '.tsv'"):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from megatron_prorl.errors import DataError
 from megatron_prorl.eval.sources import load_sources
 from megatron_prorl.rewards import score
 
@@ -93,7 +94,7 @@ def test_reasoning_gym_ood_and_difficulty(tmp_path):
 
 
 def test_bad_sources(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    with pytest.raises(DataError, match="data file not found: .*missing.jsonl"):
         load_sources([str(tmp_path / "missing.jsonl")])
     with pytest.raises(ValueError, match="unknown generator 'nope'"):
         load_sources(["nope:thing"])

@@ -86,7 +86,7 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert "got SIGUSR1: passing it on to the ranks" in out and "requeueing job" in out
     assert "start 0:" in out and "start 1:" in out  # one output file, appended by both starts
 
-    events = [e for e in records(run, "event") if "stopping on signal" in e["text"]]
+    events = [e for e in records(run, "event") if "stopping on SIGUSR1" in e["text"]]
     assert len(events) == 1, out
     stopped_at = events[0]["step"]
     assert 1 <= stopped_at < steps

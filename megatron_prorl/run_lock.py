@@ -1,0 +1,90 @@
+"""One run per output directory: an advisory lock on ``OUTPUT_DIR/.prorl.lock``, held for the
+whole run by the process that started it.
+
+Two runs on one directory would crash on each other's temporary checkpoints, interleave their
+metrics and replace each other's config. The lock is ``flock``: the kernel releases it when its
+holder dies, however it died, so a lock found free but naming another process was left by a run
+that is gone, and is taken over with a warning. The file names the holder (pid, host, start
+time, command) for the refusal message.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from megatron_prorl.errors import UserError
+
+LOCK_FILE = ".prorl.lock"
+
+log = logging.getLogger(__name__)
+
+
+class RunDirectoryInUse(UserError):
+    """Another live run holds the output directory."""
+
+
+class RunLock:
+    def __init__(self, run_dir: os.PathLike):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunDirectoryInUse` naming its holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(_read(fd))
+            os.close(fd)
+            raise RunDirectoryInUse(f"{self.path.parent} is in use by {holder} ({self.path}); stop that run or "
+                                    "set another trainer.output_dir") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+            log.warning("%s: this file system has no file locks; nothing prevents a second run on this "
+                        "directory", self.path.parent)
+        previous = _read(fd)
+        if previous and previous.get("pid") != os.getpid():
+            log.warning("%s: taking over the lock of %s, which is gone", self.path.parent, _describe(previous))
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the lock goes with the descriptor; the file stays, naming the last holder
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+
+
+def _describe(record: dict) -> str:
+    if not record:
+        return "another process"
+    return (f"pid {record.get('pid')} on host {record.get('host')} (started {record.get('started')}: "
+            f"{record.get('command')})")

@@ -1,0 +1,64 @@
+"""`prorl train` runs for the end-to-end tests: a small config on the shipped tiny model, the
+command in a subprocess of its own session (as a user runs it; its whole process group can be
+signalled), and the run's metrics read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# Wall-clock and throughput fields differ between runs; everything else must match exactly.
+TIMING = ("time/", "tokens_per_s", "sync/gb_per_s", "time")
+
+
+def write_config(tmp: Path, **extra) -> Path:
+    cfg = {
+        "model": {"hf_dir": "builtin:tiny", "dtype": "fp32"},
+        "optim": {"lr": 3e-4},
+        "batch": {"prompts_per_step": 8, "prompts_per_mini_batch": 4, "micro_batch_size": 16},
+        "rollout": {"n": 4, "temperature": 1.2, "max_prompt_length": 128, "max_response_length": 12},
+        "rewards": {"num_workers": 1},
+        "data": {"seed": 0, "train": [{"path": "arithmetic:add", "size": 2000}],
+                 "val": [{"path": "arithmetic:add", "size": 16}]},
+        "trainer": {"seed": 1, "output_dir": str(tmp / "run"), "val_samples": 2,
+                    "stages": [{"name": "main", "steps": 3}]},
+        # A reference reset (optimizer re-initialised) at step 2: its checkpoint is a reset step's.
+        "reset": {"every_n_steps": 2},
+        "checkpoint": {"every": 1, "keep_last": 2},
+        "logging": {"tensorboard": False, "progress": False},
+    }
+    for key, value in extra.items():
+        section, name = key.split("__")
+        cfg.setdefault(section, {})[name] = value
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def prorl(*args, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "megatron_prorl.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kwargs)
+
+
+def run_ok(*args, timeout=600) -> str:
+    proc = prorl(*args)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def records(run_dir: Path, kind: str = "train") -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def comparable(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if not k.startswith(TIMING)}

@@ -1,0 +1,213 @@
+"""Checkpoints under the faults a cluster produces: kill -9 while a checkpoint is written or old
+ones are pruned, damaged files in the latest checkpoint, a full disk; and resuming from every
+kind of step (the first, a reset step, the last). After each, the resumed run repeats what an
+uninterrupted run did (tests/conftest.py reference_run: 3 steps, a reset at step 2) and nothing
+half-written is left.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.runs import comparable, prorl, records, run_ok, write_config
+
+from checkpoint_convert.manifest import write_manifest
+from megatron_prorl.checkpoint import CheckpointManager, NoValidCheckpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def wait_for(condition, proc, timeout=600.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}:\n" + proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def hidden_leftovers(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("."))
+
+
+def same_as_reference(run: Path, ref: Path) -> None:
+    assert [comparable(r) for r in records(run)] == [comparable(r) for r in records(ref)]
+    assert [comparable(r) for r in records(run, "val")] == [comparable(r) for r in records(ref, "val")]
+
+
+def test_kill_during_a_checkpoint_write_resumes_from_the_first_step_exactly(reference_run, tmp_path):
+    """SIGKILL to the whole run while step 2's checkpoint is being written: step 1's stays the
+    latest, the half-written one is removed at the next start, and the resumed run (from the
+    first step's checkpoint, through a reset step) repeats the uninterrupted one, RNG included."""
+    ref, _ = reference_run
+    config = write_config(tmp_path)
+    run = tmp_path / "run"
+    proc = prorl("train", config)
+    wait_for(lambda: (run / "checkpoints" / ".step_00000002.incomplete").exists(), proc, what="step 2's write")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000001"
+    out = run_ok("train", config)
+    assert "resumed from" in out and "left by an interrupted run" in out
+    same_as_reference(run, ref)
+    assert hidden_leftovers(run) == []
+    # Python, NumPy, torch and the Megatron RNG tracker are where the uninterrupted run had them.
+    got, want = (torch.load(r / "checkpoints" / "step_00000003" / "rng" / "rank_0.pt", weights_only=False)
+                 for r in (run, ref))
+    assert got.keys() == want.keys() and "megatron_tracker" in got
+    assert got["python"] == want["python"] and torch.equal(got["torch"], want["torch"])
+    assert all(torch.equal(got["megatron_tracker"][k], want["megatron_tracker"][k]) for k in want["megatron_tracker"])
+
+
+@pytest.mark.parametrize("damage", ["flipped"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(reference_run, tmp_path, damage):
+    """A flipped byte in a tensor file of the latest checkpoint: the run names the file, resumes
+    from the one before (step 2, taken at a reset step) and repeats the uninterrupted steps."""
+    ref, _ = reference_run
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    victim = sorted((run / "checkpoints" / "step_00000003" / "model").glob("*.distcp"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    victim.write_bytes(bytes(data))
+    config = write_config(tmp_path)
+    out = run_ok("train", config)
+    assert f"checkpoint step_00000003 is not usable: {victim}: contents changed" in out, out[-3000:]
+    assert "resuming from step_00000002 instead" in out
+    same_as_reference(run, ref)
+
+
+def test_continuing_a_finished_run_resumes_from_its_last_step(reference_run, tmp_path):
+    ref, _ = reference_run
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    out = run_ok("train", write_config(tmp_path, trainer__stages=[{"name": "main", "steps": 4}]))
+    assert "resumed from" in out and "at step 3" in out
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
+
+
+def _fake_checkpoint(root: Path, step: int) -> Path:
+    """A checkpoint directory with the parts a trainer checkpoint has (contents arbitrary):
+    CheckpointManager decides on files, not tensors."""
+    path = root / f"step_{step:08d}"
+    for part in ("model/.metadata", "model/__0_0.distcp", "reference/.metadata", "optimizer/FRESH",
+                 "trainer_state.json", "meta.json"):
+        (path / part).parent.mkdir(parents=True, exist_ok=True)
+        (path / part).write_bytes(os.urandom(64))
+    write_manifest(path)
+    return path
+
+
+@pytest.mark.parametrize("damage, reason", [("truncated", "truncated or overwritten"), ("deleted", "missing"),
+                                            ("flipped", "checksum mismatch")])
+def test_damage_is_reported_with_the_file_and_the_newest_intact_checkpoint_taken(tmp_path, caplog, damage, reason):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        _fake_checkpoint(root, step)
+    (root / "latest").write_text("step_00000003\n")
+    victim = root / "step_00000003" / "model" / "__0_0.distcp"
+    if damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:10])
+    elif damage == "deleted":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"\x00" + victim.read_bytes()[1:])
+    assert CheckpointManager(root, 2).latest() == root / "step_00000002"
+    assert f"checkpoint step_00000003 is not usable: {victim}" in caplog.text and reason in caplog.text
+    # Every checkpoint damaged: an error, never a silent start from scratch.
+    for step in (1, 2):
+        (root / f"step_{step:08d}" / "trainer_state.json").write_text("{}")
+    with pytest.raises(NoValidCheckpoint, match="no intact checkpoint to resume from"):
+        CheckpointManager(root, 2).latest()
+
+
+def test_a_checkpoint_without_manifest_must_at_least_be_complete(tmp_path, caplog):
+    """Checkpoints written before manifests existed load unverified (with a warning), unless a
+    part is missing: what a kill during pruning used to leave."""
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        (_fake_checkpoint(root, step) / "manifest.json").unlink()
+    shutil.rmtree(root / "step_00000002" / "model")
+    assert CheckpointManager(root, 2).latest() == root / "step_00000001"
+    assert "step_00000002 is not usable: incomplete" in caplog.text and "not verified" in caplog.text
+
+
+_PRUNE_AND_DIE = """
+import os, shutil, signal, sys
+from pathlib import Path
+sys.path[:0] = {paths!r}
+from megatron_prorl.checkpoint import CheckpointManager
+real = shutil.rmtree
+def dying_rmtree(path, *a, **k):  # delete part of the old checkpoint, then die like kill -9
+    if ".trash-" not in str(path):
+        return real(path, *a, **k)
+    victims = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    for p in victims[: len(victims) // 2]:
+        p.unlink()
+    os.kill(os.getpid(), signal.SIGKILL)
+shutil.rmtree = dying_rmtree
+def write(tmp):
+    (tmp / "trainer_state.json").write_text("{{}}")
+    for part in ("meta.json", "model/.metadata", "reference/.metadata"):
+        (tmp / part).parent.mkdir(exist_ok=True)
+        (tmp / part).write_text("x")
+CheckpointManager(Path({root!r}), keep_last=1).save(3, write)
+"""
+
+
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path):
+    """A real process is killed in the middle of deleting the oldest checkpoint: what it leaves
+    is never taken for a checkpoint, and the next start removes it."""
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        _fake_checkpoint(root, step)
+    code = _PRUNE_AND_DIE.format(paths=sys.path, root=str(root))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (root / "latest").read_text().strip() == "step_00000003"
+    assert sorted(p.name for p in root.iterdir()) == [".trash-step_00000001", "latest", "step_00000002",
+                                                       "step_00000003"]
+    manager = CheckpointManager(root, keep_last=1)
+    manager.remove_leftovers()
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000002", "step_00000003"]
+    assert manager.latest() == root / "step_00000003"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (mounting needs root): room for one tiny checkpoint, not two."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the full-disk test needs a small disk")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the full-disk test needs a small disk")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_names_the_directory_and_keeps_the_previous_checkpoint(small_disk, tmp_path):
+    run = small_disk / "run"
+    config = write_config(tmp_path, trainer__output_dir=str(run), data__val=[])
+    proc = prorl("train", config)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 2, out[-3000:]
+    (line,) = [x for x in out.splitlines() if x.startswith("prorl: error:")]
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    failed = int(latest.removeprefix("step_")) + 1
+    assert f"checkpoint of step {failed}: {run / 'checkpoints'}: no space left on device" in line, line
+    assert f"the latest checkpoint is still {latest}" in line, line
+    assert "Traceback" not in out and "Exception in thread" not in out, out[-3000:]
+    # Nothing half-written stays; what is there is intact.
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert CheckpointManager(run / "checkpoints", 2).latest() == run / "checkpoints" / latest
