@@ -49,8 +49,8 @@ def _run(model, rounds: int, workdir: str) -> dict:
     arch = load_arch(builtin.resolve(model)) if isinstance(model, str) else hf_arch(model)
     actor = PolicyActor(cfg, arch)
     g = torch.Generator().manual_seed(0)
-    batch = from_sequences([torch.randint(2, arch.vocab_size, (8,), generator=g).tolist() for _ in range(2)],
-                           [torch.randint(2, arch.vocab_size, (8,), generator=g).tolist() for _ in range(2)], [1.0, -1.0])
+    tokens = [torch.randint(2, arch.vocab_size, (8,), generator=g).tolist() for _ in range(4)]
+    batch = from_sequences(tokens[:2], tokens[2:], [1.0, -1.0])
     batch.old_logprobs, _ = actor.forward_logprobs(batch, 1.0)
     actor.update(batch, 1.0, 0.0)  # the optimizer holds state, as in a run
     hf_dir = Path(workdir) / "hf"

@@ -6,9 +6,10 @@ bit-flipped file into an error naming that file, instead of a traceback from dee
 reader or, worse, a silent resume from damaged tensors.
 
 Checksums are xxHash's XXH3-64 over memory-mapped files (over 10 GB/s per core from the page
-cache: the manifest costs a small fraction of a save or a load, see bench/bench_checkpoint.py). Hashing and verifying split the files over
-the ranks of a job when torch.distributed is initialised (:func:`write_manifest` and
-:func:`verify_manifest` are then collective), so a large checkpoint is read once, in parallel.
+cache: the manifest costs a small fraction of a save or a load, see bench/bench_checkpoint.py).
+Hashing and verifying split the files over the ranks of a job when torch.distributed is
+initialised (:func:`write_manifest` and :func:`verify_manifest` are then collective), so a large
+checkpoint is read once, in parallel.
 """
 
 from __future__ import annotations

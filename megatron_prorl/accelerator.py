@@ -44,3 +44,46 @@ def missing_for_tensorrt_llm() -> str:
     if importlib.util.find_spec("tensorrt_llm") is None:
         return "the 'tensorrt_llm' package (it ships in NVIDIA's containers; it is not on PyPI)"
     return ""
+
+
+# Transformer Engine versions and GPUs each FP8 recipe needs: megatron-core 0.16.1,
+# megatron/core/fp8_utils.py get_fp8_recipe (tensorwise: TE >= 2.2.0.dev0, blockwise: >= 2.3.0.dev0,
+# mxfp8: >= 2.1.0; older TE only builds the delayed recipe) and TE's own FP8 support (compute
+# capability 8.9 (Ada) / 9.0 (Hopper) and up; MXFP8 is Blackwell's, 10.0).
+FP8_RECIPE_MIN_TE = {"delayed": "1.0", "mxfp8": "2.1.0", "tensorwise": "2.2.0.dev0", "blockwise": "2.3.0.dev0"}
+FP8_MIN_CAPABILITY = {"mxfp8": (10, 0)}
+FP8_ANY_MIN_CAPABILITY = (8, 9)
+
+
+def fp8_recipe_problem(recipe: str, te_version: str, capability: tuple[int, int]) -> str:
+    """Why FP8 ``recipe`` cannot run with Transformer Engine ``te_version`` on a GPU of compute
+    ``capability`` (empty when it can)."""
+    from packaging.version import Version
+
+    need = FP8_RECIPE_MIN_TE[recipe]
+    if Version(te_version) < Version(need):
+        return f"the {recipe!r} FP8 recipe needs Transformer Engine >= {need}; this one is {te_version}"
+    min_cc = FP8_MIN_CAPABILITY.get(recipe, FP8_ANY_MIN_CAPABILITY)
+    if tuple(capability) < min_cc:
+        return (f"the {recipe!r} FP8 recipe needs a GPU of compute capability >= {min_cc[0]}.{min_cc[1]}; this one "
+                f"is {capability[0]}.{capability[1]}")
+    return ""
+
+
+def transformer_engine_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("transformer_engine", "transformer-engine", "transformer_engine_torch"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    import transformer_engine
+
+    return transformer_engine.__version__
+
+
+def has_apex_softmax() -> bool:
+    """Apex's fused masked-softmax kernel (megatron-core 0.16.1 fusions/fused_softmax.py imports
+    ``scaled_masked_softmax_cuda`` when the local spec's masked_softmax_fusion is on)."""
+    return importlib.util.find_spec("scaled_masked_softmax_cuda") is not None

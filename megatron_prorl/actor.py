@@ -79,6 +79,7 @@ class PolicyActor:
         self.reference.eval()
         self.reference.requires_grad_(False)
         self.optimizer = self._build_optimizer()
+        self._loss_scaled = resolve_dtype(cfg.model) == torch.float16
         self.sync_reference()
         self._offload_reference()
 
@@ -152,7 +153,9 @@ class PolicyActor:
     def _update_mini_batch(self, mb: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
         o = self.cfg.optim
         metrics = self.forward_backward(mb, temperature, kl_beta)
-        if not (self._all_finite(metrics) and self._grads_finite()):
+        # With fp16 the grad scaler checks the gradients itself in step() (inf/NaN there is an
+        # overflow of the loss scale, which it then backs off); otherwise they are checked here.
+        if not (self._all_finite(metrics) and (self._loss_scaled or self._grads_finite())):
             self.state.consecutive_nonfinite += 1
             self.state.skipped_updates += 1
             log.warning("non-finite loss or gradient: update skipped (%d in a row)",
@@ -168,10 +171,15 @@ class PolicyActor:
         lr = lr_at(self.state.updates, o.lr, o.lr_schedule, o.lr_warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        _, grad_norm, _ = self.optimizer.step()
+        stepped, grad_norm, _ = self.optimizer.step()
+        if not stepped:  # fp16: the scaler found inf/NaN gradients, skipped the step, backed off
+            self.state.skipped_updates += 1
+            log.warning("fp16 gradients overflowed: update skipped, loss scale now %g", self.optimizer.get_loss_scale())
+            return {**metrics, "grad_norm": float("nan"), "lr": 0.0, "update_skipped": 1.0}
         self.state.updates += 1
         self.state.consecutive_nonfinite = 0
-        return {**metrics, "grad_norm": float(grad_norm), "lr": lr, "update_skipped": 0.0}
+        return {**metrics, "grad_norm": float("nan") if grad_norm is None else float(grad_norm), "lr": lr,
+                "update_skipped": 0.0}
 
     def forward_backward(self, mb: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
         """Loss and gradients of one mini-batch (grads left in the DDP buffers, reduced over DP);

@@ -403,12 +403,22 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
             f"batch.prompts_per_step={b.prompts_per_step}")
     from megatron_prorl import accelerator  # late: keeps config import light
 
+    if m.fp8 is not None and m.transformer_impl == "local":
+        raise ConfigError(f"model.fp8={m.fp8!r} needs model.transformer_impl='transformer_engine' (or 'auto'): the "
+                          "local layer spec has no FP8 kernels and would train without FP8")
     te_requested = m.transformer_impl == "transformer_engine" or m.fp8 is not None
     if te_requested:
         missing = accelerator.missing_for_transformer_engine()
         if missing:
             what = "model.fp8=" + repr(m.fp8) if m.fp8 is not None else "model.transformer_impl='transformer_engine'"
             raise ConfigError(f"{what} needs {missing}")
+    if m.fp8 is not None:
+        import torch
+
+        problem = accelerator.fp8_recipe_problem(m.fp8_recipe, accelerator.transformer_engine_version(),
+                                                 torch.cuda.get_device_capability())
+        if problem:
+            raise ConfigError(f"model.fp8_recipe={m.fp8_recipe!r}: {problem}")
     if p.sequence_parallel and resolve_transformer_impl(m) == "local":
         raise ConfigError(
             "parallel.sequence_parallel=true is not supported by the local layer spec "

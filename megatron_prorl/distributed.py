@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_prorl import cpu_backend, device
-from megatron_prorl.config import ParallelConfig
+from megatron_prorl.config import ConfigError, ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,18 @@ def resolve_backend(parallel: ParallelConfig) -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def cuda_device_index(local_rank: int, device_count: int) -> int:
+    """The GPU a rank uses: the one of its local rank, or the only one it sees (srun
+    --gpus-per-task=1 gives every task its own GPU, as device 0 of its own CUDA_VISIBLE_DEVICES)."""
+    if device_count == 1:
+        return 0
+    if not 0 <= local_rank < device_count:
+        raise ConfigError(f"local rank {local_rank} but {device_count} GPUs visible "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): one GPU per "
+                          "task on a node, or every GPU of the node visible to each task")
+    return local_rank
+
+
 def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, seed: int = 1234) -> DistEnv:
     """Initialise torch.distributed and Megatron's parallel state from the config."""
 
@@ -85,7 +97,7 @@ def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, se
     if backend == "gloo":
         cpu_backend.enable()
     else:
-        torch.cuda.set_device(env.local_rank)
+        torch.cuda.set_device(cuda_device_index(env.local_rank, torch.cuda.device_count()))
     from megatron.core import parallel_state, tensor_parallel
 
     if not dist.is_initialized():

@@ -42,6 +42,7 @@ from megatron_prorl.metrics import MetricsLogger
 from megatron_prorl.models.builder import resolve_dtype, resolve_hf_dir
 from megatron_prorl.process import STOP_SIGNALS
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
+from megatron_prorl.rollout.base import eos_token_ids
 from megatron_prorl.stages import Stage, resolve_stages, stage_of, total_steps
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,8 @@ class Trainer:
         if self.is_engine_rank:
             self.engine = build_engine_from_config(
                 cfg.rollout, hf_config=self.hf_config, hf_dir=str(self.hf_dir),
-                eos_token_ids=[self.tokenizer.eos_token_id], pad_token_id=self.pad_id, device=device.current(),
+                eos_token_ids=eos_token_ids(self.hf_dir, self.tokenizer.eos_token_id), pad_token_id=self.pad_id,
+                device=device.current(),
                 dtype=resolve_dtype(cfg.model))
             self.pool = RewardPool(cfg.rewards)
         self.weight_sync = WeightSync(self.actor.policy_module, self.arch, self.engine,

@@ -146,6 +146,39 @@ def test_nonfinite_updates_are_skipped_then_abort():
     assert "optim.max_consecutive_nonfinite=2" in raised
 
 
+def _fp16_overflow():
+    from helpers.devsim import simulated_cuda
+
+    from megatron_prorl import device
+    from megatron_prorl.distributed import shutdown_distributed
+
+    # Megatron's fp16 optimizer takes CUDA tensors only: the simulated device (tests/helpers/
+    # devsim.py) runs it, computing in fp16 on the CPU. Its loss scale starts at 2**32.
+    with simulated_cuda():
+        actor = _actor(model__dtype="fp16")
+        batch = device.to_current(_batch([1.0, -1.0, 1.0, -1.0]))
+        batch.old_logprobs, _ = actor.forward_logprobs(batch, T)
+        batch.ref_logprobs = batch.old_logprobs
+        actor.cfg.batch.prompts_per_step = actor.cfg.batch.prompts_per_mini_batch  # one update per call
+        scales, skipped = [float(actor.optimizer.get_loss_scale())], []
+        for _ in range(40):
+            skipped.append(actor.update(batch, T, actor.cfg.algo.kl_beta)["update_skipped"])
+            scales.append(float(actor.optimizer.get_loss_scale()))
+            if not skipped[-1]:
+                break
+        shutdown_distributed()
+    return scales, skipped, actor.state.updates
+
+
+def test_fp16_overflow_backs_the_loss_scale_off_until_an_update_goes_through():
+    """Real fp16 training (Megatron's Float16 optimizer and dynamic grad scaler, on CPU): the
+    first updates overflow at the initial loss scale; each is skipped and the scale halves,
+    until one goes through (it once crashed on float(None), or never let the scaler back off)."""
+    scales, skipped, updates = spawn(_fp16_overflow, 1)[0]
+    assert skipped[0] == 1 and skipped[-1] == 0 and updates == 1, (scales, skipped)
+    assert scales[-1] < scales[0] and all(b <= a for a, b in zip(scales, scales[1:]))
+
+
 def _reset_under_tp_pp():
     from megatron_prorl.distributed import shutdown_distributed
 

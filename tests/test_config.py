@@ -134,3 +134,36 @@ def test_tensorrt_llm_engine_over_several_gpus_is_refused():
     load_config(overrides=["rollout.engine_tensor_parallel_size=2"])  # the transformers engine ignores it
     with pytest.raises(ConfigError, match="rollout.engine_tensor_parallel_size=2: the TensorRT-LLM engine runs on"):
         load_config(overrides=["rollout.engine=tensorrt_llm", "rollout.engine_tensor_parallel_size=2"])
+
+
+def test_fp8_on_the_local_spec_is_refused_rather_than_silently_ignored():
+    with pytest.raises(ConfigError, match=r"model.fp8='e4m3' needs model.transformer_impl='transformer_engine'.*"
+                                          "would train without FP8"):
+        load_config(overrides=["model.fp8=e4m3", "model.transformer_impl=local"])
+
+
+@pytest.mark.parametrize("recipe, te, capability, problem", [
+    ("delayed", "1.13.0", (9, 0), ""),
+    ("tensorwise", "2.1.0", (9, 0), "needs Transformer Engine >= 2.2.0.dev0; this one is 2.1.0"),
+    ("tensorwise", "2.2.0", (9, 0), ""),
+    ("blockwise", "2.2.0", (9, 0), "needs Transformer Engine >= 2.3.0.dev0"),
+    ("blockwise", "2.8.0+abc", (9, 0), ""),
+    ("mxfp8", "2.8.0", (9, 0), "compute capability >= 10.0; this one is 9.0"),
+    ("mxfp8", "2.8.0", (10, 0), ""),
+    ("delayed", "2.8.0", (8, 0), "compute capability >= 8.9; this one is 8.0"),
+])
+def test_fp8_recipes_need_their_transformer_engine_and_gpu(recipe, te, capability, problem):
+    got = accelerator.fp8_recipe_problem(recipe, te, capability)
+    assert (problem in got) if problem else got == ""
+
+
+def test_an_fp8_recipe_the_installed_transformer_engine_lacks_is_refused(monkeypatch):
+    """The check runs in config validation (what a user on a GPU machine meets)."""
+    import torch
+
+    monkeypatch.setattr(accelerator, "missing_for_transformer_engine", lambda: "")
+    monkeypatch.setattr(accelerator, "transformer_engine_version", lambda: "2.1.0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    with pytest.raises(ConfigError, match=r"model.fp8_recipe='tensorwise': .*>= 2.2.0.dev0; this one is 2.1.0"):
+        load_config(overrides=["model.fp8=e4m3", "model.fp8_recipe=tensorwise", "model.transformer_impl=transformer_engine"])
+    load_config(overrides=["model.fp8=e4m3", "model.fp8_recipe=delayed", "model.transformer_impl=transformer_engine"])

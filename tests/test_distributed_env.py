@@ -80,3 +80,13 @@ print("cpu")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "cpu", out.stderr
+
+
+def test_the_gpu_of_a_rank_under_torchrun_and_under_srun_with_one_gpu_per_task():
+    from megatron_prorl.config import ConfigError
+    from megatron_prorl.distributed import cuda_device_index
+
+    assert [cuda_device_index(r, 8) for r in range(8)] == list(range(8))  # the node's GPUs, by local rank
+    assert cuda_device_index(5, 1) == 0  # srun --gpus-per-task=1: the task's own GPU is device 0
+    with pytest.raises(ConfigError, match="local rank 4 but 2 GPUs visible"):
+        cuda_device_index(4, 2)

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -193,3 +194,60 @@ def test_starts_from_a_converted_checkpoint(tmp_path):
     config = write_config(direct, trainer__stages=[{"name": "s", "steps": 1}], checkpoint__every=0)
     run_ok("train", config)
     assert records(direct / "run", "val")[0]["val/score"] == val0["val/score"]
+
+
+def _engine_calls(sleep: bool) -> tuple[list[str], dict]:
+    from megatron_prorl.config import load_config
+    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.rollout import ENGINES
+    from megatron_prorl.rollout.hf_engine import TransformersEngine
+    from megatron_prorl.stages import stage_of
+    from megatron_prorl.trainer import Trainer
+
+    calls: list[str] = []
+
+    class Recording(TransformersEngine):
+        def generate(self, *a, **k):
+            calls.append("generate")
+            return super().generate(*a, **k)
+
+        def update_weights(self, *a, **k):
+            calls.append("update_weights")
+            return super().update_weights(*a, **k)
+
+        def sleep(self):
+            calls.append("sleep")
+            super().sleep()
+
+        def wake(self):
+            calls.append("wake")
+            super().wake()
+
+    ENGINES.register("recording", Recording)
+    import tempfile
+
+    cfg = load_config(write_config(Path(tempfile.mkdtemp())), [
+        "rollout.engine=recording", f"rollout.sleep_during_training={sleep}", "data.val=[]",
+        "algo.dynamic_sampling=false", "trainer.generation_chunks=1"])
+    trainer = Trainer(cfg)
+    calls.append("--- step")
+    metrics = trainer.train_step(1, stage_of(trainer.stages, 1))
+    trainer.close()
+    shutdown_distributed()
+    return calls, metrics
+
+
+@pytest.mark.parametrize("sleep", [True, False])
+def test_the_engine_sleeps_through_the_update_and_wakes_for_the_sync(sleep):
+    """rollout.sleep_during_training: the engine gives its memory back for the update, and gets
+    it again (then the new weights) before it generates (colocated GPU runs)."""
+    from megatron_prorl.launch import spawn
+
+    calls, metrics = spawn(_engine_calls, 1, sleep)[0]
+    step = calls[calls.index("--- step") + 1:]
+    assert calls[:calls.index("--- step")] == ["update_weights"]  # the first sync, at start-up
+    if sleep:
+        assert step == ["generate", "sleep", "wake", "update_weights"]
+    else:
+        assert step == ["generate", "update_weights"]
+    assert {"time/sleep", "time/wake"} <= set(metrics) and (metrics["time/sleep"] > 0) == sleep

@@ -167,28 +167,27 @@ class Sampler:
 
     def __init__(self, hf_dir: Path, settings: EvalSettings, domains: Sequence[str],
                  reward_workers: Optional[int] = None):
-        import torch
         from transformers import AutoTokenizer
 
         from checkpoint_convert.arch import read_hf_config
-        from megatron_prorl import accelerator
+        from megatron_prorl import accelerator, device
         from megatron_prorl.config import ModelConfig, RewardsConfig, RolloutConfig
         from megatron_prorl.models.builder import resolve_dtype
         from megatron_prorl.rewards import RewardPool
         from megatron_prorl.rollout import build_engine_from_config
+        from megatron_prorl.rollout.base import eos_token_ids
 
         self.settings = settings
         self.tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
         name = settings.engine
         if name == "auto":
             name = "transformers" if accelerator.missing_for_tensorrt_llm() else "tensorrt_llm"
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         hf_config = read_hf_config(hf_dir)
         pad = self.tokenizer.pad_token_id
         self.engine = build_engine_from_config(
             RolloutConfig(engine=name, engine_max_batch_size=settings.engine_max_batch_size),
-            hf_config=hf_config, hf_dir=str(hf_dir), eos_token_ids=eos_token_ids(hf_dir, self.tokenizer),
-            pad_token_id=pad if pad is not None else 0, device=device,
+            hf_config=hf_config, hf_dir=str(hf_dir), eos_token_ids=eos_token_ids(hf_dir, self.tokenizer.eos_token_id),
+            pad_token_id=pad if pad is not None else 0, device=device.current(),
             dtype=resolve_dtype(ModelConfig(dtype=settings.dtype)))
         try:
             # The engine contract: weights arrive through update_weights (an engine that also
@@ -231,19 +230,6 @@ class Sampler:
                     "finish_reason": sample.finish_reason, "length": len(sample.token_ids), "response": text,
                 })
         return records
-
-
-def eos_token_ids(hf_dir: Path, tokenizer) -> list[int]:
-    """The tokenizer's EOS and any ``eos_token_id`` of generation_config.json (chat models end
-    turns with a token other than the tokenizer's EOS)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    path = Path(hf_dir) / "generation_config.json"
-    if path.is_file():
-        extra = json.loads(path.read_text()).get("eos_token_id")
-        ids += extra if isinstance(extra, list) else [extra] if isinstance(extra, int) else []
-    if not ids:
-        raise ValueError(f"{hf_dir}: the tokenizer has no EOS token and generation_config.json names none")
-    return list(dict.fromkeys(ids))
 
 
 def hf_weight_buckets(hf_dir: Path, hf_config: dict, bucket_bytes: int = 512 << 20):

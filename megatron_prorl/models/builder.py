@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from checkpoint_convert import dtypes
 from checkpoint_convert.arch import HFArch, padded_vocab_size
-from megatron_prorl import builtin, device
+from megatron_prorl import accelerator, builtin, device
 from megatron_prorl.config import ConfigError, ModelConfig, ParallelConfig, resolve_transformer_impl
 
 
@@ -69,7 +69,8 @@ def transformer_config(arch: HFArch, model: ModelConfig, parallel: ParallelConfi
         fp16=dtype == torch.float16,
         use_cpu_initialization=not on_gpu,
         perform_initialization=True,
-        masked_softmax_fusion=on_gpu,
+        # The local spec's fused softmax is an Apex kernel: without Apex it would fail to import.
+        masked_softmax_fusion=on_gpu and accelerator.has_apex_softmax(),
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,

@@ -11,8 +11,10 @@ only when selected, so a CPU install never imports TensorRT-LLM.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
@@ -122,6 +124,32 @@ class RolloutEngine(ABC):
     @abstractmethod
     def shutdown(self) -> None:
         ...
+
+
+def generation_config_eos(hf_dir: str | Path | None) -> tuple[int, ...]:
+    """The ``eos_token_id`` entries of ``hf_dir/generation_config.json`` (int or list; none when
+    the file or the key is absent). Chat models end a turn with a token other than the
+    tokenizer's EOS; TensorRT-LLM turns these into stop tokens itself."""
+    if hf_dir is None or not (path := Path(hf_dir) / "generation_config.json").is_file():
+        return ()
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a JSON object ({err})") from None
+    if eos is None:
+        return ()
+    ids = [eos] if isinstance(eos, int) else eos
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{path}: eos_token_id={eos!r} is neither a token id nor a list of them")
+    return tuple(ids)
+
+
+def eos_token_ids(hf_dir: str | Path | None, tokenizer_eos: int | None) -> tuple[int, ...]:
+    """Every id that ends a response: the tokenizer's EOS and generation_config.json's."""
+    ids = tuple(dict.fromkeys(((tokenizer_eos,) if tokenizer_eos is not None else ()) + generation_config_eos(hf_dir)))
+    if not ids:
+        raise ValueError(f"{hf_dir}: the tokenizer has no EOS token and generation_config.json names none")
+    return ids
 
 
 def check_prompts(prompt_ids: Sequence[Sequence[int]]) -> None:

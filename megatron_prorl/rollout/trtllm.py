@@ -123,7 +123,6 @@ imported only when an engine is built.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import os
 import shutil
@@ -137,7 +136,8 @@ import torch
 
 from megatron_prorl.accelerator import missing_for_tensorrt_llm
 from megatron_prorl.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
-from megatron_prorl.rollout.base import Bucket, RolloutEngine, Sample, SamplingParams, SyncStats, check_prompts
+from megatron_prorl.rollout.base import (Bucket, RolloutEngine, Sample, SamplingParams, SyncStats, check_prompts,
+                                         generation_config_eos)
 from megatron_prorl.rollout.hf_export import engine_named_tensors, write_hf_dir
 
 if TYPE_CHECKING:
@@ -195,23 +195,6 @@ def import_tensorrt_llm(environ: MutableMapping[str, str] = os.environ):
     _imported_scrubbed = True
     check_release(tensorrt_llm.__version__)
     return tensorrt_llm
-
-
-def eos_ids_from_generation_config(hf_dir: str | Path | None) -> tuple[int, ...]:
-    """The ``eos_token_id`` entries of ``hf_dir/generation_config.json`` (int or list; none when
-    the file or the key is absent). TensorRT-LLM turns them into stop tokens itself."""
-    if hf_dir is None or not (path := Path(hf_dir) / "generation_config.json").is_file():
-        return ()
-    try:
-        eos = json.loads(path.read_text()).get("eos_token_id")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{path}: not a JSON object ({err})") from None
-    if eos is None:
-        return ()
-    ids = [eos] if isinstance(eos, int) else eos
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise ValueError(f"{path}: eos_token_id={eos!r} is neither a token id nor a list of them")
-    return tuple(ids)
 
 
 def sampling_kwargs(params: SamplingParams, eos_token_ids: Sequence[int], pad_token_id: int,
@@ -384,7 +367,7 @@ class TensorRTLLMEngine(RolloutEngine):
 
         self._trtllm, self._reduce, self._logprobs_mode = trtllm, reduce_tensor, LogprobMode.PROCESSED
         given = (eos_token_ids,) if isinstance(eos_token_ids, int) else tuple(eos_token_ids)
-        self.eos_token_ids = tuple(dict.fromkeys(given + eos_ids_from_generation_config(hf_dir)))
+        self.eos_token_ids = tuple(dict.fromkeys(given + generation_config_eos(hf_dir)))
         if not self.eos_token_ids:
             raise ValueError("TensorRTLLMEngine needs at least one EOS token id")
         self.pad_token_id = self.eos_token_ids[0] if pad_token_id is None else pad_token_id

@@ -131,7 +131,8 @@ def test_megatron_to_hf_bad_input(hf_dirs, tmp_path, capsys):
 def test_the_converter_runs_on_its_own(hf_dirs, tmp_path):
     """python -m checkpoint_convert: the conversions without megatron_prorl (nor verify)."""
     code = ("import sys, runpy; sys.modules['megatron_prorl'] = None; "  # any import of it fails
-            "sys.argv = ['checkpoint_convert'] + sys.argv[1:]; runpy.run_module('checkpoint_convert', run_name='__main__')")
+            "sys.argv = ['checkpoint_convert'] + sys.argv[1:]; "
+            "runpy.run_module('checkpoint_convert', run_name='__main__')")
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for args in (["hf-to-megatron", "--hf-dir", str(hf_dirs["qwen2"]), "--out", str(ckpt), "--tp", "2"],

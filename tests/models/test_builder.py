@@ -33,3 +33,23 @@ def test_rope_frequencies_match_transformers(cfg):
         expected, _ = ROPE_INIT_FUNCTIONS[kind](hf_cfg, "cpu")
     got = spawn(_rope_inv_freq, 1, cfg)[0]
     torch.testing.assert_close(got.float(), expected.float(), rtol=1e-6, atol=0)
+
+
+def test_the_local_spec_fuses_softmax_on_a_gpu_only_with_apex(monkeypatch):
+    """megatron-core's fused masked softmax (local spec, bf16/fp16 on a GPU) is an Apex kernel:
+    on a GPU without Apex it stays off instead of failing at the first attention."""
+    from helpers.devsim import simulated_cuda
+
+    from megatron_prorl import accelerator
+    from megatron_prorl.config import ModelConfig, ParallelConfig
+    from megatron_prorl.models.builder import transformer_config
+
+    def fused() -> bool:
+        return transformer_config(hf_arch(QWEN2), ModelConfig(transformer_impl="local"),
+                                  ParallelConfig()).masked_softmax_fusion
+
+    with simulated_cuda(megatron=False):
+        assert not fused()  # a GPU, no Apex
+        monkeypatch.setattr(accelerator, "has_apex_softmax", lambda: True)
+        assert fused()
+    assert not fused()  # no GPU

@@ -23,6 +23,7 @@ from rollout_models import EOS, PAD
 from megatron_prorl.accelerator import missing_for_tensorrt_llm
 from megatron_prorl.rollout import SamplingParams, build_engine
 from megatron_prorl.rollout import trtllm
+from megatron_prorl.rollout.base import eos_token_ids
 from megatron_prorl.rollout.trtllm import (
     LLM_ARGS_USED,
     TARGET_RELEASE,
@@ -30,7 +31,6 @@ from megatron_prorl.rollout.trtllm import (
     build_ipc_payload,
     check_placement,
     check_release,
-    eos_ids_from_generation_config,
     finish_reason,
     import_tensorrt_llm,
     installed_release,
@@ -127,25 +127,12 @@ def test_sampling_params_translation():
     assert (kw["top_k"], kw["min_p"], kw["repetition_penalty"], kw["no_repeat_ngram_size"]) == (0, 0.0, 1.0, 0)
 
 
-def test_generation_config_eos_ids(tmp_path):
-    assert eos_ids_from_generation_config(None) == () and eos_ids_from_generation_config(tmp_path) == ()
-    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [151643, 151645]}))
-    assert eos_ids_from_generation_config(tmp_path) == (151643, 151645)
-    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "temperature": 0.6}))
-    assert eos_ids_from_generation_config(tmp_path) == (2,)
-    (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": True}))
-    assert eos_ids_from_generation_config(tmp_path) == ()
-    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
-    with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id='</s>' is neither"):
-        eos_ids_from_generation_config(tmp_path)
-
-
 def test_extra_generation_config_eos_ends_with_eos_not_an_exception(tmp_path):
     """TensorRT-LLM makes generation_config EOS ids stop tokens on its own; the adapter knows
     them too, so such a response is 'eos', and a stop token it did not know is still 'stop'."""
     extra_eos = 7
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [EOS, extra_eos]}))
-    eos = (EOS,) + eos_ids_from_generation_config(tmp_path)
+    eos = eos_token_ids(tmp_path, EOS)
     params = SamplingParams(n=1, stop_token_ids=(9,))
     kw = sampling_kwargs(params, tuple(dict.fromkeys(eos)), PAD, "processed")
     # Every token TensorRT-LLM may stop on is an EOS id or one of ours.
