@@ -8,10 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-# CI tests megatron-core 0.16.1 (on Python 3.11, where pip resolves no newer one: 0.17+ need
-# 3.12). The image's Python is 3.12, and 0.16.1's cp312 wheel installs there (Requires-Python
-# >= 3.10), so the image gets the version CI covers.
-megatron_core=megatron-core==0.16.1
+# shellcheck source=scripts/packages.sh source-path=SCRIPTDIR/..
+source scripts/packages.sh  # $megatron_core, $accelerator_packages
 
 editable=()
 target=.
@@ -26,7 +24,7 @@ pip=("$py" -m pip --disable-pip-version-check)
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 "${pip[@]}" list --format=freeze \
-  | grep -iE '^(torch|torchvision|torchaudio|triton|pytorch-triton|transformer[-_]engine[-_a-z0-9]*|tensorrt[-_a-z0-9]*|apex|flash[-_]attn|nvidia-[-_a-z0-9]+)==' \
+  | grep -iE "^($accelerator_packages)==" \
   > "$constraints" || true
 broken_before=$("${pip[@]}" check 2>&1 | grep -v '^No broken requirements' || true)
 
