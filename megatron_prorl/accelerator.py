@@ -36,6 +36,19 @@ def missing_for_transformer_engine() -> str:
     return ""
 
 
+def missing_for_fp8() -> str:
+    """Empty when Transformer Engine can run FP8 here (the delayed and tensorwise recipes need
+    compute capability >= 8.9), else what is missing."""
+    if missing := missing_for_transformer_engine():
+        return missing
+    # The module megatron-core 0.16.1 imports it from (fp8_utils.py); is_fp8_available() returns
+    # (ok, reason) in TE 1.x (transformer_engine/pytorch/fp8.py) and 2.x (quantization.py).
+    from transformer_engine.pytorch.fp8 import FP8GlobalStateManager
+
+    ok, reason = FP8GlobalStateManager.is_fp8_available()
+    return "" if ok else f"FP8 support on {torch.cuda.get_device_name()} ({reason})"
+
+
 def missing_for_tensorrt_llm() -> str:
     """Empty when TensorRT-LLM can be used, else what is missing. Looked up without importing:
     its import initialises MPI, which the adapter does only in a scrubbed environment."""

@@ -123,6 +123,7 @@ imported only when an engine is built.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -175,6 +176,21 @@ def installed_release() -> str | None:
         return importlib.metadata.version("tensorrt_llm")
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def missing_here() -> str:
+    """Why this adapter cannot run on this machine ("" when it can): CUDA, the package, the
+    targeted release, ray. Found without importing ``tensorrt_llm`` (the GPU tests and
+    benchmarks skip with this sentence)."""
+    if missing := missing_for_tensorrt_llm():
+        return f"tensorrt_llm is not importable: needs {missing}"
+    try:
+        check_release(installed_release())
+    except RuntimeError as err:
+        return str(err)
+    if importlib.util.find_spec("ray") is None:
+        return "ray is not installed (the engine runs on a private Ray instance, see Placement)"
+    return ""
 
 
 _imported_scrubbed = False

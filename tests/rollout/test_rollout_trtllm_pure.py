@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -319,3 +320,19 @@ def test_engine_without_tensorrt_llm_names_what_is_missing():
         build_engine("tensorrt_llm", hf_dir="/nonexistent", hf_config={}, eos_token_ids=EOS)
     assert missing in str(err.value)
     assert "tensorrt_llm" not in sys.modules  # looked up, not imported (its import initialises MPI)
+
+
+def test_missing_here_names_what_stops_the_adapter(monkeypatch):
+    if missing_for_tensorrt_llm():  # this machine: the sentence names it, and nothing was imported
+        assert trtllm.missing_here() == f"tensorrt_llm is not importable: needs {missing_for_tensorrt_llm()}"
+        assert "tensorrt_llm" not in sys.modules
+    monkeypatch.setattr(trtllm, "missing_for_tensorrt_llm", lambda: "")
+    monkeypatch.setattr(trtllm, "installed_release", lambda: "1.2.1")
+    assert trtllm.missing_here().startswith(f"TensorRT-LLM 1.2.1 is installed but this adapter is written against "
+                                            f"{TARGET_RELEASE}")
+    monkeypatch.setattr(trtllm, "installed_release", lambda: TARGET_RELEASE + "+local")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    assert trtllm.missing_here().startswith("ray is not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert trtllm.missing_here() == ""
