@@ -11,6 +11,7 @@ on a machine without a CUDA device (said in one line, before anything runs). Log
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ def _lines(text: Optional[str]) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()] or [""]
 
 
-def test_rows(junit_xml: Path) -> list[Row]:
+def junit_rows(junit_xml: Path) -> list[Row]:
     """One row per test case of a pytest JUnit XML report."""
     rows = []
     for case in ET.parse(junit_xml).getroot().iter("testcase"):
@@ -57,25 +58,35 @@ def test_rows(junit_xml: Path) -> list[Row]:
     return rows
 
 
-def bench_rows(script: str, returncode: int, output: str) -> list[Row]:
+def bench_output_rows(script: str, returncode: int, output: str) -> list[Row]:
     """The rows of one benchmark run: its records, and a failure when it exited non-zero or
     measured nothing."""
-    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
-    from gpu_common import records  # the benchmarks' own result format
+    if str(ROOT / "bench" / "gpu") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    from gpu_common import records  # the benchmarks' own result format (it imports torch)
 
     rows = []
     for r in records(output):
         if "skipped" in r:
             rows.append(Row(r["name"], "skipped", r["skipped"]))
         else:
-            rows.append(Row(r["name"], "passed", r.get("spec", ""), mfu=r.get("mfu"),
-                            tokens_per_s=r.get("tokens_per_s"), sync_s=r.get("sync_s"),
-                            peak_gib=r.get("peak_memory_gib")))
+            rows.append(Row(r["name"], "passed", _note(r), mfu=r.get("mfu"), tokens_per_s=r.get("tokens_per_s"),
+                            sync_s=r.get("sync_s"), peak_gib=r.get("peak_memory_gib")))
     if returncode != 0:
         rows.append(Row(script, "failed", f"exit status {returncode}: {_lines(output)[-1]}"))
     elif not rows:
         rows.append(Row(script, "failed", "printed no BENCH_JSON result"))
     return rows
+
+
+def _note(record: dict) -> str:
+    """What a measured row needs said beside its figures."""
+    notes = [record["spec"]] if record.get("spec") else []
+    if "mfu" in record and record["mfu"] is None:
+        notes.append(f"MFU n/a: no peak for {record.get('device')} ({record.get('model_tflops', 0):.0f} model TFLOP/s)")
+    if record.get("peak_memory_gib") is None and "device_used_gib" in record:
+        notes.append(f"memory in the engine's workers: {record['device_used_gib']:.1f} GiB in use on the device")
+    return "; ".join(notes)
 
 
 def format_table(rows: list[Row]) -> str:
@@ -129,9 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"no CUDA device (torch.cuda.is_available() is False with {sys.executable}): "
               "the GPU self-check needs one")
         return 1
-    try:
-        import pytest  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("pytest") is None:
         print(f"pytest is not installed with {sys.executable}: pip install 'megatron-prorl[test]' (or pytest)")
         return 1
 
@@ -139,15 +148,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"GPU self-check on {machine(torch)}", flush=True)
     junit = out / "gpu_tests.xml"
-    pytest = [sys.executable, "-m", "pytest", "-m", "gpu", TESTS, "-q", "-rA", "-p", "no:cacheprovider",
-              f"--junitxml={junit}"]
-    code, text = _run(f"pytest -m gpu {TESTS}", pytest, out / "gpu_tests.log")
-    rows = test_rows(junit) if junit.is_file() else []
+    pytest_cmd = [sys.executable, "-m", "pytest", "-m", "gpu", TESTS, "-q", "-rA", "-p", "no:cacheprovider",
+                  f"--junitxml={junit}"]
+    code, text = _run(f"pytest -m gpu {TESTS}", pytest_cmd, out / "gpu_tests.log")
+    rows = junit_rows(junit) if junit.is_file() else []
     if code not in (0, 1) or not rows:  # 1: some test failed (its row says which); else pytest itself did
         rows.append(Row(f"pytest -m gpu {TESTS}", "failed", f"exit status {code}: {_lines(text)[-1]}"))
     for script in () if args.no_bench else BENCHES:
         code, text = _run(script, [sys.executable, script], out / (Path(script).stem + ".log"))
-        rows += bench_rows(script, code, text)
+        rows += bench_output_rows(script, code, text)
 
     print()
     print(format_table(rows))

@@ -77,7 +77,7 @@ def test_pytest_m_gpu_collects_the_gpu_tests_and_they_skip_with_the_reason(runs)
     assert {line.removeprefix("tests/gpu/") for line in stdout.splitlines() if "::" in line} == GPU_TESTS
     code, stdout, stderr = runs["run"]
     assert code == 0, stdout + stderr
-    rows = _load(ROOT / "scripts" / "gpu_selftest.py").test_rows(runs["junit"])
+    rows = _load(ROOT / "scripts" / "gpu_selftest.py").junit_rows(runs["junit"])
     assert {r.check.removeprefix("tests/gpu/") for r in rows} == GPU_TESTS
     assert {(r.result, r.note) for r in rows} == {("skipped", "no CUDA device (torch.cuda.is_available() is False)")}
 
@@ -88,11 +88,16 @@ def test_the_table_is_assembled_from_the_reports(runs, capsys):
     common.emit({"bench": "policy_mfu", "name": "policy fwd+bwd bf16 (seq 8192)", "spec": "transformer_engine",
                  "mfu": 0.4123, "tokens_per_s": 35123.4, "peak_memory_gib": 61.234})
     common.emit({"bench": "policy_mfu", "name": "policy fwd+bwd fp8 (seq 8192)", "skipped": "FP8 needs TE"})
+    common.emit({"bench": "policy_mfu", "name": "policy on an A100", "mfu": None, "model_tflops": 180.2,
+                 "device": "NVIDIA A100-SXM4-80GB", "tokens_per_s": 15840.0, "peak_memory_gib": 60.0})
+    common.emit({"bench": "rollout", "name": "rollout tensorrt_llm", "tokens_per_s": 20000.0, "peak_memory_gib": None,
+                 "device_used_gib": 75.04})
     common.emit({"bench": "weight_sync", "name": "weight sync policy -> transformers", "sync_s": 0.0517})
     printed = "a human-readable line\n" + capsys.readouterr().out
-    rows = (selftest.test_rows(runs["junit"]) + selftest.bench_rows("bench/gpu/bench_policy_mfu.py", 0, printed)
-            + selftest.bench_rows("bench/gpu/bench_rollout.py", 1, "Traceback (...)\nRuntimeError: CUDA out of memory")
-            + selftest.bench_rows("bench/gpu/bench_weight_sync.py", 0, "no result line"))
+    crashed = "Traceback (...)\nRuntimeError: CUDA out of memory"
+    rows = (selftest.junit_rows(runs["junit"]) + selftest.bench_output_rows("bench/gpu/bench_policy_mfu.py", 0, printed)
+            + selftest.bench_output_rows("bench/gpu/bench_rollout.py", 1, crashed)
+            + selftest.bench_output_rows("bench/gpu/bench_weight_sync.py", 0, "no result line"))
     lines = selftest.format_table(rows).splitlines()
     assert len(lines) == len(rows) + 1 and lines[0].split()[:4] == ["check", "result", "MFU", "tokens/s"]
 
@@ -102,7 +107,44 @@ def test_the_table_is_assembled_from_the_reports(runs, capsys):
     assert all(cells("tests/gpu/" + test)[0] == "skipped" for test in GPU_TESTS)
     assert cells("policy fwd+bwd bf16 (seq 8192)") == ["passed", "41.2%", "35,123", "61.2", "transformer_engine"]
     assert cells("policy fwd+bwd fp8 (seq 8192)") == ["skipped", "FP8", "needs", "TE"]
+    assert cells("policy on an A100") == ["passed", "15,840", "60.0", "MFU", "n/a:", "no", "peak", "for",
+                                          "NVIDIA", "A100-SXM4-80GB", "(180", "model", "TFLOP/s)"]
+    assert cells("rollout tensorrt_llm") == ["passed", "20,000", "memory", "in", "the", "engine's", "workers:", "75.0",
+                                             "GiB", "in", "use", "on", "the", "device"]
     assert cells("weight sync policy -> transformers") == ["passed", "0.052"]
     assert cells("bench/gpu/bench_rollout.py") == ["failed", "exit", "status", "1:", "RuntimeError:", "CUDA", "out",
                                                    "of", "memory"]
     assert cells("bench/gpu/bench_weight_sync.py") == ["failed", "printed", "no", "BENCH_JSON", "result"]
+
+
+def test_main_runs_the_tests_then_each_benchmark_and_fails_on_any_failure(runs, monkeypatch, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    selftest = _load(ROOT / "scripts" / "gpu_selftest.py")
+    common = _load(ROOT / "bench" / "gpu" / "gpu_common.py")
+    common.emit({"bench": "weight_sync", "name": "weight sync policy -> transformers", "sync_s": 0.05})
+    measured = capsys.readouterr().out
+    outputs = {script: (0, measured) for script in selftest.BENCHES}
+    ran = []
+
+    def run(what, cmd, log):  # the machine's part: pytest's report (CPU: all skipped), benchmark output
+        ran.append(what)
+        if what.startswith("pytest"):
+            shutil.copy(runs["junit"], cmd[-1].removeprefix("--junitxml="))
+            return 0, ""
+        return outputs[what]
+
+    monkeypatch.setattr(selftest, "_run", run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H200")
+    assert selftest.main(["--out", str(tmp_path)]) == 0
+    assert ran == ["pytest -m gpu tests/gpu", *selftest.BENCHES]
+    printed = capsys.readouterr().out
+    assert f"OK: 3 passed, 0 failed, {len(GPU_TESTS)} skipped" in printed and "NVIDIA H200 x1" in printed
+    outputs["bench/gpu/bench_rollout.py"] = (1, "Traceback (...)\nRuntimeError: CUDA out of memory")
+    assert selftest.main(["--out", str(tmp_path), "--no-bench"]) == 0
+    assert selftest.main(["--out", str(tmp_path)]) == 1
+    assert f"FAILED: 2 passed, 1 failed, {len(GPU_TESTS)} skipped" in capsys.readouterr().out
