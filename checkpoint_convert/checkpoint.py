@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from checkpoint_convert import dtypes
 from checkpoint_convert.arch import HFArch, load_arch
+from checkpoint_convert.dist_layout import fsync_path
 from checkpoint_convert.errors import ConversionError
 from checkpoint_convert.manifest import verify_manifest, write_manifest
 
@@ -187,14 +188,6 @@ def _free_bytes(directory: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_writable(path: os.PathLike, overwrite: bool) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
@@ -229,7 +222,7 @@ def atomic_directory(path: os.PathLike, overwrite: bool = False, manifest: bool 
         if path.exists():
             path.rename(old)
         tmp.rename(path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
         shutil.rmtree(old, ignore_errors=True)
 
     try:

@@ -228,7 +228,8 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -287,7 +288,7 @@ def write_torch_dist(records: Iterable[Record], directory: os.PathLike,
                         storage_meta=StorageMeta(checkpoint_id=str(directory), save_id=str(uuid.uuid4())))
     _fsync_write(directory / DCP_METADATA, pickle.dumps(metadata))
     torch.save({}, directory / COMMON_FILE)  # no state outside the sharded tensors
-    _fsync(directory / COMMON_FILE)
+    fsync_path(directory / COMMON_FILE)
     _fsync_write(directory / CONFIG_FILE, json.dumps(BACKEND).encode())
 
 

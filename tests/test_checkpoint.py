@@ -12,25 +12,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.runs import comparable, prorl, records, run_ok, write_config
+from helpers.runs import comparable, prorl, records, run_ok, wait_for, write_config
 
 from checkpoint_convert.manifest import write_manifest
 from megatron_prorl.checkpoint import CheckpointManager, NoValidCheckpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def wait_for(condition, proc, timeout=600.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"the run ended before {what}:\n" + proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def hidden_leftovers(run: Path) -> list[str]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers.runs import comparable, prorl, records, run_ok, write_config
+from helpers.runs import comparable, prorl, records, run_ok, wait_for, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -37,14 +36,6 @@ def run_processes(proc) -> list[psutil.Process]:
 def assert_all_gone(processes: list[psutil.Process], timeout: float = 20.0) -> None:
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     assert not alive, f"still running: {[(p.pid, p.name()) for p in alive]}"
-
-
-def wait_for(condition, proc, timeout=600.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"the run ended before {what}:\n" + proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("sig, moment", [(signal.SIGUSR1, "mid-step"), (signal.SIGTERM, "mid-save")])

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -62,3 +63,12 @@ def records(run_dir: Path, kind: str = "train") -> list[dict]:
 
 def comparable(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if not k.startswith(TIMING)}
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 600.0, what: str = "the condition") -> None:
+    """Poll ``condition`` while the run ``proc`` is alive (its output shown if it ends first)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}:\n" + proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
