@@ -275,9 +275,17 @@ class ProRLConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+# Keys earlier versions had, and what to do instead (a config that sets one is refused with this).
+REMOVED_KEYS = {
+    "rollout.seed": "it was never read: sampling seeds derive from trainer.seed; delete the key",
+}
+
+
 def _explain(exc: OmegaConfBaseException, where: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+    if key in REMOVED_KEYS:
+        return ConfigError(f"{where}: key '{key}' was removed: {REMOVED_KEYS[key]}")
     return ConfigError(f"{where}: key '{key}': {msg}" if key else f"{where}: {msg}")
 
 
@@ -302,7 +310,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             # update() (unlike a dotlist merge) reaches into lists: trainer.stages.0.steps=60.
             value = OmegaConf.from_dotlist([f"value{item[len(key):]}"])["value"]
             if OmegaConf.select(cfg, key) is None and not _has_key(cfg, key):
-                raise ConfigError(f"override '{item}': key '{key}' is not a config key")
+                hint = f" was removed: {REMOVED_KEYS[key]}" if key in REMOVED_KEYS else " is not a config key"
+                raise ConfigError(f"override '{item}': key '{key}'{hint}")
             OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as exc:
             raise _explain(exc, f"override '{item}'") from None

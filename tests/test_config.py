@@ -167,3 +167,12 @@ def test_an_fp8_recipe_the_installed_transformer_engine_lacks_is_refused(monkeyp
     with pytest.raises(ConfigError, match=r"model.fp8_recipe='tensorwise': .*>= 2.2.0.dev0; this one is 2.1.0"):
         load_config(overrides=["model.fp8=e4m3", "model.fp8_recipe=tensorwise", "model.transformer_impl=transformer_engine"])
     load_config(overrides=["model.fp8=e4m3", "model.fp8_recipe=delayed", "model.transformer_impl=transformer_engine"])
+
+
+def test_a_removed_key_says_what_to_do(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("rollout:\n  seed: 3\n")
+    with pytest.raises(ConfigError, match=r"old.yaml: key 'rollout.seed' was removed: .*trainer.seed; delete the key"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"key 'rollout.seed' was removed"):
+        load_config(overrides=["rollout.seed=3"])
