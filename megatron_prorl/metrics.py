@@ -55,6 +55,7 @@ run: nothing at step 0 was checkpointed, so a new log replaces any ``metrics.jso
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -62,9 +63,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
+from checkpoint_convert.checkpoint import is_disk_full
 from megatron_prorl.config import LoggingConfig
+from megatron_prorl.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -142,6 +145,10 @@ def _rewrite_keeping(path: Path, max_step: int) -> None:
         raise
 
 
+class DiskFullError(UserError):
+    """The run directory's disk filled up while logging; the message names the directory."""
+
+
 class MetricsLogger:
     """Rank-0 sink for per-step metrics; see the module docstring for the format.
 
@@ -202,12 +209,13 @@ class MetricsLogger:
         self._update_bar(step, values, kind)
         if kind == "train" and not self.should_log(step):
             return
-        self._write({"step": step, "kind": kind, "time": time.time(),
-                     **{k: _json_safe(v) for k, v in values.items()}})
-        if self._tb is not None:
-            for name, value in values.items():
-                tag = name if name.startswith(kind + "/") else f"{kind}/{name}"
-                self._tb.add_scalar(tag, value, step)
+        with self._disk_errors(step):
+            self._write({"step": step, "kind": kind, "time": time.time(),
+                         **{k: _json_safe(v) for k, v in values.items()}})
+            if self._tb is not None:
+                for name, value in values.items():
+                    tag = name if name.startswith(kind + "/") else f"{kind}/{name}"
+                    self._tb.add_scalar(tag, value, step)
 
     def log_event(self, step: int, text: str, category: Optional[str] = None) -> None:
         """A run event such as a reference reset ("reset") or a stage change ("stage");
@@ -215,14 +223,29 @@ class MetricsLogger:
         if not self.enabled:
             return
         category = category or event_category(text)
-        self._write({"step": step, "kind": "event", "time": time.time(), "text": text, "category": category})
-        if self._tb is not None:
-            self._tb.add_text(f"events/{category}", text, step)
+        with self._disk_errors(step):
+            self._write({"step": step, "kind": "event", "time": time.time(), "text": text, "category": category})
+            if self._tb is not None:
+                self._tb.add_text(f"events/{category}", text, step)
         message = f"[step {step}] {text}"
         if self._bar is not None:
             self._bar.write(message, file=sys.stderr)
         else:
             print(message, file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def _disk_errors(self, step: Optional[int] = None) -> Iterator[None]:
+        """A full disk while logging is one line naming the directory, not a traceback from
+        the file or TensorBoard's writer thread (which re-raises its error on a later write)."""
+        try:
+            yield
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            what = "logging" if step is None else f"logging step {step}"
+            raise DiskFullError(f"{self.run_dir}: no space left on device while {what}; "
+                                "checkpoints already written are intact: free space and run the same "
+                                "command to resume") from exc
 
     def _write(self, record: dict) -> None:
         if self._file is not None:
@@ -242,10 +265,11 @@ class MetricsLogger:
             self._bar.refresh()
 
     def close(self) -> None:
-        for sink in (self._bar, self._tb, self._file):
-            if sink is not None:
-                sink.close()
+        sinks = [s for s in (self._file, self._tb, self._bar) if s is not None]
         self._file = self._tb = self._bar = None
+        with self._disk_errors(), contextlib.ExitStack() as closing:  # every sink closes, whatever fails
+            for sink in sinks:
+                closing.callback(sink.close)
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -54,6 +54,25 @@ def test_each_line_is_on_disk_before_close(tmp_path):
     logger.close()
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make every write fail with ENOSPC")
+def test_a_full_disk_while_logging_is_a_user_error_naming_the_directory(tmp_path):
+    (tmp_path / METRICS_FILE).symlink_to("/dev/full")  # every write: "No space left on device"
+    logger = MetricsLogger(tmp_path, FILES_ONLY, total_steps=10)
+    with pytest.raises(metrics_mod.DiskFullError, match=f"^{tmp_path}: no space left on device while logging step 3;"):
+        logger.log(3, {"kl": 0.1})
+    with pytest.raises(metrics_mod.DiskFullError, match="while logging; checkpoints already written are intact"):
+        logger.close()  # the unwritten line is still buffered
+    logger.close()  # closed once, whatever failed
+
+
+def test_errors_other_than_a_full_disk_pass_through(tmp_path, monkeypatch):
+    logger = MetricsLogger(tmp_path, FILES_ONLY, total_steps=10)
+    monkeypatch.setattr(logger, "_write", lambda record: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(PermissionError):
+        logger.log(1, {"kl": 0.1})
+    logger.close()
+
+
 def test_bad_metrics_are_rejected_with_the_name(tmp_path):
     with MetricsLogger(tmp_path, FILES_ONLY, total_steps=10) as logger:
         with pytest.raises(TypeError, match="'reward/math'.*str"):
