@@ -1,5 +1,6 @@
 """Metrics logging (JSON lines, TensorBoard, progress bar, resume) and `prorl plot` charts."""
 
+import errno
 import json
 import math
 import os
@@ -63,6 +64,18 @@ def test_a_full_disk_while_logging_is_a_user_error_naming_the_directory(tmp_path
     with pytest.raises(metrics_mod.DiskFullError, match="while logging; checkpoints already written are intact"):
         logger.close()  # the unwritten line is still buffered
     logger.close()  # closed once, whatever failed
+
+
+def test_a_full_disk_under_tensorboard_is_the_same_one_line(tmp_path, monkeypatch):
+    logger = MetricsLogger(tmp_path, QUIET, total_steps=10)
+
+    def full(*args):  # what TensorBoard's writer thread re-raises on the next write
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(logger._tb, "add_scalar", full)
+    with pytest.raises(metrics_mod.DiskFullError, match=f"^{tmp_path}: no space left on device while logging step 2;"):
+        logger.log(2, {"kl": 0.1})
+    logger.close()
 
 
 def test_errors_other_than_a_full_disk_pass_through(tmp_path, monkeypatch):
