@@ -78,11 +78,14 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     slurm.wait_until(job_id, lambda j: j.restarts >= 1 and j.state == "PENDING" or j.state in FINISHED,
                      timeout=300, what="requeued")
     # Slurm (22.05) lets a requeued job start again only ~2 minutes later (its BeginTime); the
-    # test need not wait for that.
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm.env, timeout=30)
+    # test need not wait that long, but not "now" either: the nodes revoked the first start's job
+    # credential, and a new one issued within the same second counts as revoked too ("Killing
+    # non-startable batch JobId=2: Job credential revoked", the job FAILED with exit code 1).
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"], env=slurm.env, check=True,
+                   timeout=30)
     job = slurm.wait_finished(job_id, timeout=300)
     out = job_output(tmp_path, "warned", job_id)
-    assert (job.state, job.exit_code, job.restarts) == ("COMPLETED", "0:0", 1), out
+    assert (job.state, job.exit_code, job.restarts) == ("COMPLETED", "0:0", 1), out + slurm.logs()
     assert "got SIGUSR1: passing it on to the ranks" in out and "requeueing job" in out
     assert "start 0:" in out and "start 1:" in out  # one output file, appended by both starts
 
