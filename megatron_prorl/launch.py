@@ -47,8 +47,10 @@ def _entry(rank, world_size, port, fn, args, conn, parent_pid):
         conn.send((rank, "user", str(exc)))
         raise SystemExit(2)
     except BaseException:
+        # The traceback goes to the parent, which shows it if this failure is the cause (not
+        # when another rank's error came first and this one only lost its peer).
         conn.send((rank, "error", traceback.format_exc()))
-        raise
+        raise SystemExit(1)
 
 
 def spawn(fn, world_size: int, *args, timeout: float | None = 300.0) -> list:
@@ -83,20 +85,24 @@ def spawn(fn, world_size: int, *args, timeout: float | None = 300.0) -> list:
     try:
         while len(results) < world_size:
             ready = wait(list(readers), timeout=1.0)
+            failures = []
             for reader in ready:
+                rank = readers.pop(reader)
                 try:
-                    rank, status, value = reader.recv()
+                    _, status, value = reader.recv()
                 except EOFError:  # the rank is gone without a word: killed, out of memory
-                    rank = readers.pop(reader)
                     procs[rank].join(timeout=5)
-                    raise RankFailed(f"rank {rank} exited with code {procs[rank].exitcode} before returning "
-                                     "a result") from None
-                readers.pop(reader)
+                    failures.append(RankFailed(f"rank {rank} exited with code {procs[rank].exitcode} before "
+                                               "returning a result"))
+                    continue
                 if status == "user":
-                    raise RankUserError(value)
-                if status == "error":
-                    raise RankFailed(f"rank {rank} failed:\n{value}")
-                results[rank] = pickle.loads(value)
+                    failures.append(RankUserError(value))
+                elif status == "error":
+                    failures.append(RankFailed(f"rank {rank} failed:\n{value}"))
+                else:
+                    results[rank] = pickle.loads(value)
+            if failures:  # a user error is the cause; the ranks that lost their peer to it follow
+                raise next((f for f in failures if isinstance(f, UserError)), failures[0])
             if not ready and deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"ranks did not finish within {timeout} s")
         grace = 30.0
