@@ -258,19 +258,33 @@ def unwrap_model(model):
 
 def save_sharded_state(state, directory: os.PathLike) -> None:
     """dist_checkpointing save of a sharded state dict into ``directory`` (collective), its
-    torch_dist files written in this process (see :func:`_in_process_strategy`)."""
-    from megatron.core import dist_checkpointing
+    torch_dist files written in this process (see :func:`_in_process_strategy`).
+
+    The steps of megatron-core 0.16.1's ``dist_checkpointing.save`` (serialization.py, its
+    synchronous path with the torch common strategy), with the same files, except that the two
+    files rank 0 writes alone, common.pt and metadata.json, are written through
+    :func:`on_first_rank`: when one fails there (a full disk), every rank raises, where
+    Megatron's save leaves the other ranks waiting in the collective torch_dist write (they
+    fail later, on a lost peer or a timeout) and recreating the directory rank 0 cleared.
+    """
+    from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+    from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess
+    from megatron.core.dist_checkpointing.strategies.common import TorchCommonSaveStrategy
 
     on_first_rank(lambda: Path(directory).mkdir(parents=True, exist_ok=True))
+    sharded, common = save_preprocess(state, validate_access_integrity=True)  # collective checks
+    on_first_rank(lambda: TorchCommonSaveStrategy("torch", 1).save_common(common, str(directory)))
+    strategy = _in_process_strategy()
     with _thread_errors() as caught:
         try:
-            dist_checkpointing.save(state, str(directory), sharded_strategy=_in_process_strategy())
+            strategy.save(sharded, str(directory))
         except BaseException as exc:
             if caught:  # a writer thread's own error (e.g. no space left) is the cause
                 raise exc from caught[0]
             raise
     if caught:
         raise caught[0]
+    on_first_rank(lambda: save_config(CheckpointingConfig(strategy.backend, strategy.version), str(directory)))
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from helpers.runs import comparable, prorl, records, run_ok, wait_for, write_config
@@ -202,3 +203,52 @@ def test_a_full_disk_names_the_directory_and_keeps_the_previous_checkpoint(small
     # Nothing half-written stays; what is there is intact.
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
     assert CheckpointManager(run / "checkpoints", 2).latest() == run / "checkpoints" / latest
+
+
+# Loaded by every Python process of the run (PYTHONPATH): rank 0 alone finds the disk full when
+# Megatron writes step 2's common.pt, the one file of a save that rank 0 writes outside the
+# collective torch_dist write, while the other ranks go on into it.
+FULL_ON_RANK_0 = """
+import errno, os
+import torch
+
+_save = torch.save
+
+def save(obj, f, *args, **kwargs):
+    import torch.distributed as dist
+    name = str(f) if isinstance(f, (str, os.PathLike)) else ""
+    if (name.endswith(os.path.join("model", "common.pt")) and ".step_00000002." in name
+            and dist.is_initialized() and dist.get_rank() == 0):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+    return _save(obj, f, *args, **kwargs)
+
+torch.save = save
+"""
+
+
+def test_a_full_disk_on_the_first_rank_alone_ends_every_rank_with_one_line(tmp_path):
+    """TP2: rank 0 fails where the others cannot see it (they wait in the collective write).
+    The run still ends at once with one line, no rank is left waiting, and it resumes."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FULL_ON_RANK_0)
+    config = write_config(tmp_path, parallel__tensor_model_parallel_size=2, data__val=[])
+    run = tmp_path / "run"
+    pythonpath = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    proc = prorl("train", config, env={"PYTHONPATH": pythonpath})
+    wait_for(lambda: (run / "checkpoints" / ".step_00000002.incomplete").exists(), proc, what="step 2's write")
+    processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out[-3000:]
+    (line,) = [x for x in out.splitlines() if x.startswith("prorl: error:")]
+    assert f"checkpoint of step 2: {run / 'checkpoints'}: no space left on device" in line, line
+    assert "the latest checkpoint is still step_00000001" in line, line
+    assert "Traceback" not in out, out[-3000:]
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    assert not alive, f"still running: {[(p.pid, p.name()) for p in alive]}"
+    assert hidden_leftovers(run) == []
+    assert CheckpointManager(run / "checkpoints", 2).latest() == run / "checkpoints" / "step_00000001"
+    out = run_ok("train", config)
+    assert "resumed from" in out
+    assert [r["step"] for r in records(run)] == [1, 2, 3]
+

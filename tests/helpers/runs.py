@@ -42,8 +42,10 @@ def write_config(tmp: Path, **extra) -> Path:
     return path
 
 
-def prorl(*args, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def prorl(*args, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """``prorl ARGS`` in its own session (a signal to its process group is Slurm's); ``env``
+    adds to this process's environment."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "megatron_prorl.cli", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **kwargs)
