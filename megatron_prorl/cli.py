@@ -101,9 +101,18 @@ def train(args) -> int:
             summary = spawn(_train_rank, nproc, args.config, args.overrides, False, timeout=None)[0]
     if env.rank == 0:  # under srun or torchrun every rank returns here
         _print_summary(summary, cfg.trainer.output_dir)
-        with open(os.path.join(cfg.trainer.output_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        write_summary(summary, cfg.trainer.output_dir)
     return 0
+
+
+def write_summary(summary: dict, run_dir: str) -> None:
+    """RUN_DIR/summary.json; a disk that fills up now is one line: the run is checkpointed."""
+    path = os.path.join(run_dir, "summary.json")
+    try:
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=1)
+    except OSError as exc:
+        raise UserError(f"{path}: not written ({exc.strerror or exc}); the run itself is checkpointed") from exc
 
 
 def plot(args) -> int:

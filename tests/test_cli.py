@@ -95,3 +95,15 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     proc.wait()
     with RunLock(run):
         assert f"taking over the lock of pid {proc.pid}" in caplog.text
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make every write fail with ENOSPC")
+def test_a_full_disk_for_the_run_summary_is_one_line(tmp_path):
+    from megatron_prorl.cli import write_summary
+    from megatron_prorl.errors import UserError
+
+    (tmp_path / "summary.json").symlink_to("/dev/full")
+    with pytest.raises(UserError, match=f"^{tmp_path / 'summary.json'}: not written \\(No space left on device\\); "
+                                        "the run itself is checkpointed$"):
+        write_summary({"steps": 3}, str(tmp_path))
+
