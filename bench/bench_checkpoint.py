@@ -71,7 +71,9 @@ def _run(model, rounds: int, workdir: str) -> dict:
         ckpt.load_actor(actor, target)
 
     def save_with_megatron_writer():
-        with mock.patch.object(convert_checkpoint, "_in_process_strategy", lambda: None):
+        from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+
+        with mock.patch.object(convert_checkpoint, "_in_process_strategy", get_default_save_sharded_strategy):
             save(manifest=False)
 
     times: dict[str, list[float]] = {}
