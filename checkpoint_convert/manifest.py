@@ -29,6 +29,9 @@ from checkpoint_convert.errors import ConversionError
 MANIFEST = "manifest.json"
 FORMAT = "megatron-prorl-manifest"
 _THREADS = 4  # xxhash releases the GIL: a few threads keep a fast disk busy
+# Below this many bytes, starting the threads costs more than hashing on one (measured on the
+# tiny default's checkpoint, 2 MB in 26 files: 8.3 ms with threads, 3.6 ms without).
+_THREADS_FROM = 64 << 20
 _MAP_FROM = 4 << 20
 
 
@@ -67,10 +70,10 @@ def _gather(part: list, ranks: bool) -> list:
     return [x for p in parts for x in p]
 
 
-def _parallel(fn, items: list) -> list:
-    """``fn`` over ``items``, on a few threads when there is enough to share (starting them costs
-    more than hashing a small checkpoint)."""
-    if len(items) < 2 * _THREADS:
+def _parallel(fn, items: list, nbytes: int) -> list:
+    """``fn`` over ``items`` (``nbytes`` to read in all), on a few threads when there is enough
+    to share."""
+    if nbytes < _THREADS_FROM or len(items) < 2:
         return list(map(fn, items))
     with ThreadPoolExecutor(_THREADS) as pool:
         return list(pool.map(fn, items))
@@ -78,7 +81,8 @@ def _parallel(fn, items: list) -> list:
 
 def _digests(ckpt_dir: Path, names: Iterable[str]) -> list[tuple[str, int, str]]:
     names = list(names)
-    return [(n, *d) for n, d in zip(names, _parallel(lambda n: file_digest(ckpt_dir / n), names))]
+    nbytes = sum((ckpt_dir / n).stat().st_size for n in names)
+    return [(n, *d) for n, d in zip(names, _parallel(lambda n: file_digest(ckpt_dir / n), names, nbytes))]
 
 
 def write_manifest(ckpt_dir: os.PathLike, ranks: bool = True) -> dict:
@@ -142,7 +146,8 @@ def verify_manifest(ckpt_dir: os.PathLike, only: Optional[Iterable[str]] = None,
         return False
     names = sorted(n for n in files if only is None or any(n == p or n.startswith(f"{p}/") for p in only))
     mine = _my_share(names, ranks)
-    problems = [p for p in _parallel(lambda n: check_file(ckpt_dir, n, files[n]), mine) if p]
+    nbytes = sum(files[n]["size"] for n in mine)
+    problems = [p for p in _parallel(lambda n: check_file(ckpt_dir, n, files[n]), mine, nbytes) if p]
     problems = sorted(_gather(problems, ranks))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
