@@ -20,7 +20,6 @@ the process group (as Slurm sends) could kill in the middle of a save.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import torch.distributed as dist
 from checkpoint_convert import dtypes
 from checkpoint_convert.arch import HFArch, load_arch
 from checkpoint_convert.dist_layout import fsync_path
-from checkpoint_convert.errors import ConversionError
+from checkpoint_convert.errors import ConversionError, is_disk_full
 from checkpoint_convert.manifest import verify_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -156,25 +155,6 @@ def on_first_rank(fn: Callable[[], None]) -> None:
             raise CheckpointWriteError(f"rank 0 failed: {holder[0]}")
     if error is not None:
         raise error
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps: a cause, torch.distributed.checkpoint's per-rank
-    failures) is 'no space left on device' (or a quota)."""
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(e):
-            return True
-        todo += [e.__cause__, e.__context__]
-        for failure in (getattr(e, "failures", None) or {}).values():  # CheckpointException
-            todo.append(failure[0] if isinstance(failure, tuple) else failure)
-    return False
 
 
 _NEARLY_FULL = 1 << 20

@@ -65,7 +65,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from checkpoint_convert.checkpoint import is_disk_full
+from checkpoint_convert.errors import is_disk_full
 from megatron_prorl.config import LoggingConfig
 from megatron_prorl.errors import UserError
 

@@ -4,6 +4,8 @@ import errno
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +298,10 @@ def test_cli_errors_clearly_without_metrics(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "prorl plot: error: no metrics.jsonl in" in err and str(tmp_path) in err
+
+
+def test_plotting_a_run_does_not_import_torch():
+    """`prorl plot` reads JSON lines: torch's import (seconds) has no business there."""
+    code = "import sys, megatron_prorl.plot; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
