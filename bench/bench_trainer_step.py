@@ -26,8 +26,8 @@ def main():
     args = ap.parse_args()
 
     from megatron_prorl.config import load_config
-    from megatron_prorl.metrics import read_metrics
-    from megatron_prorl.trainer import Trainer
+    from megatron_prorl.train.metrics import read_metrics
+    from megatron_prorl.train.trainer import Trainer
 
     out = tempfile.mkdtemp(prefix="bench_trainer_")
     cfg = load_config(args.config, [f"trainer.stages.0.steps={args.steps}", "trainer.val_every=0",

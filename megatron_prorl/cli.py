@@ -34,7 +34,7 @@ def check_before_start(cfg: ProRLConfig, world_size: int) -> None:
     from checkpoint_convert.arch import hf_arch, read_hf_config
     from megatron_prorl.config import validate
     from megatron_prorl.models.builder import resolve_hf_dir
-    from megatron_prorl.stages import resolve_stages
+    from megatron_prorl.train.stages import resolve_stages
 
     hf_dir = resolve_hf_dir(cfg.model.hf_dir)
     hf_config = read_hf_config(hf_dir)
@@ -44,9 +44,9 @@ def check_before_start(cfg: ProRLConfig, world_size: int) -> None:
 
 
 def _train_rank(config_path: str, overrides: list[str], hold_lock: bool) -> dict:
-    from megatron_prorl.distributed import detect_env
-    from megatron_prorl.run_lock import RunLock
-    from megatron_prorl.trainer import Trainer
+    from megatron_prorl.runtime.distributed import detect_env
+    from megatron_prorl.runtime.run_lock import RunLock
+    from megatron_prorl.train.trainer import Trainer
 
     cfg = load_config(config_path, overrides)
     logging.basicConfig(level=logging.INFO if detect_env().rank == 0 else logging.WARNING,
@@ -72,7 +72,7 @@ def _print_summary(summary: dict, run_dir: str) -> None:
         for key in sorted(k for k in last if k.startswith("val/")):
             print(f"  {key:28s} {last[key]:.3f}")
     try:
-        from megatron_prorl.plot import plot_run
+        from megatron_prorl.train.plot import plot_run
 
         paths = plot_run(run_dir)
         print("  charts: " + ", ".join(str(p) for p in paths))
@@ -82,8 +82,8 @@ def _print_summary(summary: dict, run_dir: str) -> None:
 
 
 def train(args) -> int:
-    from megatron_prorl.distributed import detect_env, under_launcher
-    from megatron_prorl.run_lock import RunLock
+    from megatron_prorl.runtime.distributed import detect_env, under_launcher
+    from megatron_prorl.runtime.run_lock import RunLock
 
     cfg = load_config(args.config, args.overrides)  # fail fast, before any process starts
     mp = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
@@ -95,7 +95,7 @@ def train(args) -> int:
         # Under torchrun/srun the first rank holds the run directory for the job.
         summary = _train_rank(args.config, args.overrides, hold_lock=env.rank == 0)
     else:
-        from megatron_prorl.launch import spawn
+        from megatron_prorl.runtime.launch import spawn
 
         with RunLock(cfg.trainer.output_dir):  # before any rank starts: a second run is refused at once
             summary = spawn(_train_rank, nproc, args.config, args.overrides, False, timeout=None)[0]
@@ -116,7 +116,7 @@ def write_summary(summary: dict, run_dir: str) -> None:
 
 
 def plot(args) -> int:
-    from megatron_prorl.plot import main as plot_main
+    from megatron_prorl.train.plot import main as plot_main
 
     return plot_main([args.run_dir] + (["--out", args.out] if args.out else []))
 

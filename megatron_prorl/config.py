@@ -410,7 +410,7 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
         raise ConfigError(
             f"batch.prompts_per_mini_batch={b.prompts_per_mini_batch} does not divide "
             f"batch.prompts_per_step={b.prompts_per_step}")
-    from megatron_prorl import accelerator  # late: keeps config import light
+    from megatron_prorl.runtime import accelerator  # late: keeps config import light
 
     if m.fp8 is not None and m.transformer_impl == "local":
         raise ConfigError(f"model.fp8={m.fp8!r} needs model.transformer_impl='transformer_engine' (or 'auto'): the "
@@ -480,7 +480,7 @@ def _validate_model_shape(cfg: ProRLConfig, hf: dict) -> None:
 
 
 def resolve_transformer_impl(m: ModelConfig) -> str:
-    from megatron_prorl import accelerator
+    from megatron_prorl.runtime import accelerator
 
     if m.transformer_impl != "auto":
         return m.transformer_impl

@@ -6,7 +6,7 @@
 # Submit from the repository root. CONFIG defaults to configs/prorl_1p5b_4node.yaml. Each rank
 # runs `python -m megatron_prorl.cli train CONFIG key=value ...` and reads its rank, world size
 # and rendezvous (first host of the node list, a port derived from the job id) from Slurm's
-# variables (megatron_prorl/distributed.py). Every #SBATCH line below is a default that an
+# variables (megatron_prorl/runtime/distributed.py). Every #SBATCH line below is a default that an
 # option on the sbatch command line overrides, so the same script runs the tiny config on CPU
 # nodes, e.g. TP2 x PP2 on four nodes:
 #
@@ -88,7 +88,7 @@ export PYTHONUNBUFFERED=1
 # torch.distributed, not MPI: srun gets --mpi=none (below) so Slurm adds no PMI variables, and
 # the ones inherited from the submitting shell are dropped here. SLURM_* must reach the ranks
 # (their rank and world size); the trainer drops those itself just before it starts the engine.
-# The list is megatron_prorl.launcher_env.LAUNCHER_ENV_PREFIXES without SLURM (a test checks it).
+# The list is megatron_prorl.runtime.launcher_env.LAUNCHER_ENV_PREFIXES without SLURM (a test checks it).
 launcher_env_prefixes=(PMI PMIX MPI OMPI)
 for name in $(compgen -e); do
     for prefix in "${launcher_env_prefixes[@]}"; do

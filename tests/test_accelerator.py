@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from megatron_prorl import accelerator
+from megatron_prorl.runtime import accelerator
 
 PRE_ADA = "Device compute capability 8.9 or higher required for FP8 execution."
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -17,9 +17,9 @@ TINY = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden
 
 
 def _actor(tp=1, pp=1, **overrides):
-    from megatron_prorl.actor import PolicyActor
+    from megatron_prorl.train.actor import PolicyActor
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed
+    from megatron_prorl.runtime.distributed import init_distributed
     from checkpoint_convert.arch import hf_arch
 
     cfg = ProRLConfig()
@@ -34,7 +34,7 @@ def _actor(tp=1, pp=1, **overrides):
 
 
 def _batch(advantages):
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.train.batch import from_sequences
 
     g = torch.Generator().manual_seed(3)
     n = len(advantages)
@@ -52,7 +52,7 @@ def _optimizer_state_sizes(actor):
 
 
 def _update_then_reset(reset_optimizer: bool):
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime.distributed import shutdown_distributed
 
     actor = _actor(reset__reset_optimizer=reset_optimizer)
     batch = _batch([1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.5, -0.5])
@@ -112,8 +112,8 @@ def test_updates_learn_and_reset_copies_policy(reset_optimizer):
 
 
 def _nonfinite_guard():
-    from megatron_prorl.actor import NonFiniteError
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.train.actor import NonFiniteError
+    from megatron_prorl.runtime.distributed import shutdown_distributed
 
     actor = _actor(optim__max_consecutive_nonfinite=2)
     good = _batch([1.0, -1.0, 1.0, -1.0])
@@ -149,8 +149,8 @@ def test_nonfinite_updates_are_skipped_then_abort():
 def _fp16_overflow():
     from helpers.devsim import simulated_cuda
 
-    from megatron_prorl import device
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime import device
+    from megatron_prorl.runtime.distributed import shutdown_distributed
 
     # Megatron's fp16 optimizer takes CUDA tensors only: the simulated device (tests/helpers/
     # devsim.py) runs it, computing in fp16 on the CPU. Its loss scale starts at 2**32.
@@ -180,7 +180,7 @@ def test_fp16_overflow_backs_the_loss_scale_off_until_an_update_goes_through():
 
 
 def _reset_under_tp_pp():
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime.distributed import shutdown_distributed
 
     actor = _actor(tp=2, pp=2)
     batch = _batch([1.0, -1.0, 1.0, -1.0])

@@ -20,7 +20,7 @@ import torch
 from helpers.runs import comparable, prorl, records, run_ok, wait_for, write_config
 
 from checkpoint_convert.manifest import write_manifest
-from megatron_prorl.checkpoint import CheckpointManager, NoValidCheckpoint
+from megatron_prorl.train.checkpoint import CheckpointManager, NoValidCheckpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -135,7 +135,7 @@ _PRUNE_AND_DIE = """
 import os, shutil, signal, sys
 from pathlib import Path
 sys.path[:0] = {paths!r}
-from megatron_prorl.checkpoint import CheckpointManager
+from megatron_prorl.train.checkpoint import CheckpointManager
 real = shutil.rmtree
 def dying_rmtree(path, *a, **k):  # delete part of the old checkpoint, then die like kill -9
     if ".trash-" not in str(path):

@@ -82,10 +82,10 @@ def test_a_second_run_on_the_same_directory_is_refused_at_once(tmp_path):
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
-    from megatron_prorl.run_lock import RunDirectoryInUse, RunLock
+    from megatron_prorl.runtime.run_lock import RunDirectoryInUse, RunLock
 
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from megatron_prorl.run_lock import RunLock; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from megatron_prorl.runtime.run_lock import RunLock; "
                              f"RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(600)"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_prorl import accelerator
+from megatron_prorl.runtime import accelerator
 from megatron_prorl.config import ConfigError, load_config, validate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -17,8 +17,8 @@ def test_moves_take_every_tensor_of_a_batch_or_sample_list():
     import torch
     from helpers.devsim import simulated_cuda
 
-    from megatron_prorl import device
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.runtime import device
+    from megatron_prorl.train.batch import from_sequences
     from megatron_prorl.rollout.base import Sample
 
     host = from_sequences([[1, 2], [3]], [[4], [5, 6]], [1.0, -1.0], engine_logprobs=[[-0.5], [-0.1, -0.2]])
@@ -59,9 +59,9 @@ def _failure(fn) -> str:
 def _step(tp: int, out_dir: str, negative_controls: bool) -> dict:
     from helpers.devsim import simulated_cuda
 
-    from megatron_prorl.distributed import shutdown_distributed
-    from megatron_prorl.stages import stage_of
-    from megatron_prorl.trainer import Trainer
+    from megatron_prorl.runtime.distributed import shutdown_distributed
+    from megatron_prorl.train.stages import stage_of
+    from megatron_prorl.train.trainer import Trainer
 
     out = {}
     with simulated_cuda() as sim:
@@ -70,7 +70,7 @@ def _step(tp: int, out_dir: str, negative_controls: bool) -> dict:
         out["params"] = {sim.device_of(p) for p in trainer.actor.policy_module.parameters()}
         out["collectives"] = set(sim.collectives)
         if negative_controls:  # each removes one move the rule prescribes: the step must fail
-            from megatron_prorl import device
+            from megatron_prorl.runtime import device
 
             move, group = device.to_current, device.host_group
             device.to_current = lambda obj: obj

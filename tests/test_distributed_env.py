@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from megatron_prorl.distributed import detect_env, first_slurm_host, slurm_port
+from megatron_prorl.runtime.distributed import detect_env, first_slurm_host, slurm_port
 
 
 def test_torchrun_variables():
@@ -46,7 +46,7 @@ def test_cpu_backend_is_a_noop_when_cuda_is_present():
 import torch
 torch.cuda.is_available = lambda: True
 current = torch.cuda.current_device
-from megatron_prorl import cpu_backend
+from megatron_prorl.runtime import cpu_backend
 from megatron.core.tensor_parallel import random as r
 tracker = r._CUDA_RNG_STATE_TRACKER
 assert cpu_backend.enable() is False and not cpu_backend.is_enabled()
@@ -61,7 +61,7 @@ print("noop")
 def test_cpu_backend_enables_without_cuda():
     code = """
 import torch
-from megatron_prorl import cpu_backend
+from megatron_prorl.runtime import cpu_backend
 assert cpu_backend.enable() is True
 assert torch.zeros(2, device="cuda").device.type == "cpu"
 assert torch.ones(1).cuda().device.type == "cpu"
@@ -84,7 +84,7 @@ print("cpu")
 
 def test_the_gpu_of_a_rank_under_torchrun_and_under_srun_with_one_gpu_per_task():
     from megatron_prorl.config import ConfigError
-    from megatron_prorl.distributed import cuda_device_index
+    from megatron_prorl.runtime.distributed import cuda_device_index
 
     assert [cuda_device_index(r, 8) for r in range(8)] == list(range(8))  # the node's GPUs, by local rank
     assert cuda_device_index(5, 1) == 0  # srun --gpus-per-task=1: the task's own GPU is device 0

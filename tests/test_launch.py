@@ -1,4 +1,4 @@
-"""megatron_prorl.launch.spawn: what comes back from N local ranks when they succeed, when one
+"""megatron_prorl.runtime.launch.spawn: what comes back from N local ranks when they succeed, when one
 makes a user error, when one fails, and when one dies without a word."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from megatron_prorl.errors import UserError
-from megatron_prorl.launch import RankFailed, RankUserError, spawn
+from megatron_prorl.runtime.launch import RankFailed, RankUserError, spawn
 
 
 def _rank_and_world() -> tuple[int, int]:

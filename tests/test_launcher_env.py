@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_prorl.launcher_env import (
+from megatron_prorl.runtime.launcher_env import (
     LAUNCHER_ENV_PREFIXES,
     applied,
     engine_environment,
@@ -76,7 +76,7 @@ def test_launch_script_usage_in_a_real_shell(tmp_path):
     the printer imports no torch (it runs once per task)."""
     imports = tmp_path / "imports.txt"
     env = {**os.environ, **SRUN_ENV, "PYTHONPATH": str(ROOT), "IMPORTS": str(imports)}
-    script = (f'eval "$({sys.executable} -X importtime -m megatron_prorl.launcher_env --unset 2>"$IMPORTS")"; '
+    script = (f'eval "$({sys.executable} -X importtime -m megatron_prorl.runtime.launcher_env --unset 2>"$IMPORTS")"; '
               'env | cut -d= -f1 | sort')
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True)
     names = set(out.stdout.split())

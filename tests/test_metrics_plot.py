@@ -13,10 +13,10 @@ import pytest
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from megatron_prorl import metrics as metrics_mod
+from megatron_prorl.train import metrics as metrics_mod
 from megatron_prorl.config import LoggingConfig
-from megatron_prorl.metrics import METRICS_FILE, MetricsLogger, read_metrics
-from megatron_prorl.plot import CHARTS, _event_labels, _Plotter, main, moving_average, plot_records, plot_run
+from megatron_prorl.train.metrics import METRICS_FILE, MetricsLogger, read_metrics
+from megatron_prorl.train.plot import CHARTS, _event_labels, _Plotter, main, moving_average, plot_records, plot_run
 
 QUIET = LoggingConfig(progress=False)
 FILES_ONLY = LoggingConfig(progress=False, tensorboard=False)
@@ -302,6 +302,6 @@ def test_cli_errors_clearly_without_metrics(tmp_path, capsys):
 
 def test_plotting_a_run_does_not_import_torch():
     """`prorl plot` reads JSON lines: torch's import (seconds) has no business there."""
-    code = "import sys, megatron_prorl.plot; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, megatron_prorl.train.plot; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

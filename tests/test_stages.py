@@ -1,7 +1,7 @@
 import pytest
 
 from megatron_prorl.config import ConfigError, StageConfig, load_config
-from megatron_prorl.stages import resolve_stages, stage_of, total_steps
+from megatron_prorl.train.stages import resolve_stages, stage_of, total_steps
 
 
 def test_stages_inherit_and_override():

@@ -198,11 +198,11 @@ def test_starts_from_a_converted_checkpoint(tmp_path):
 
 def _engine_calls(sleep: bool) -> tuple[list[str], dict]:
     from megatron_prorl.config import load_config
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime.distributed import shutdown_distributed
     from megatron_prorl.rollout import ENGINES
     from megatron_prorl.rollout.hf_engine import TransformersEngine
-    from megatron_prorl.stages import stage_of
-    from megatron_prorl.trainer import Trainer
+    from megatron_prorl.train.stages import stage_of
+    from megatron_prorl.train.trainer import Trainer
 
     calls: list[str] = []
 
@@ -241,7 +241,7 @@ def _engine_calls(sleep: bool) -> tuple[list[str], dict]:
 def test_the_engine_sleeps_through_the_update_and_wakes_for_the_sync(sleep):
     """rollout.sleep_during_training: the engine gives its memory back for the update, and gets
     it again (then the new weights) before it generates (colocated GPU runs)."""
-    from megatron_prorl.launch import spawn
+    from megatron_prorl.runtime.launch import spawn
 
     calls, metrics = spawn(_engine_calls, 1, sleep)[0]
     step = calls[calls.index("--- step") + 1:]

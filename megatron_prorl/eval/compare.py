@@ -79,7 +79,7 @@ def _plot(runs, rows: dict, path: Path) -> None:
     import matplotlib
     from matplotlib.figure import Figure
 
-    from megatron_prorl.plot import STYLE, DPI
+    from megatron_prorl.train.plot import STYLE, DPI
 
     labels = [label for label, _ in runs]
     with matplotlib.rc_context(STYLE):

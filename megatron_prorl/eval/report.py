@@ -206,7 +206,7 @@ def plot_pass_at_k(runs: Sequence[tuple[str, dict]], path: Path, title: str) -> 
     import matplotlib
     from matplotlib.figure import Figure
 
-    from megatron_prorl.plot import STYLE, DPI
+    from megatron_prorl.train.plot import STYLE, DPI
 
     names = list(dict.fromkeys(n for _, results in runs for n, _ in benchmarks(results)))
     cols = min(3, len(names))

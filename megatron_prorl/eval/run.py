@@ -170,7 +170,7 @@ class Sampler:
         from transformers import AutoTokenizer
 
         from checkpoint_convert.arch import read_hf_config
-        from megatron_prorl import accelerator, device
+        from megatron_prorl.runtime import accelerator, device
         from megatron_prorl.config import ModelConfig, RewardsConfig, RolloutConfig
         from megatron_prorl.models.builder import resolve_dtype
         from megatron_prorl.rewards import RewardPool
@@ -208,7 +208,7 @@ class Sampler:
     def sample(self, source: EvalSource, chunk: int, seed: int) -> list[dict]:
         """The scored responses of one chunk of ``source``, as samples.jsonl records."""
         from megatron_prorl.data import encode_prompt
-        from megatron_prorl.experience import generate_groups, response_texts
+        from megatron_prorl.train.experience import generate_groups, response_texts
         from megatron_prorl.rollout import SamplingParams
 
         s = self.settings

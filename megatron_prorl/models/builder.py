@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from checkpoint_convert import dtypes
 from checkpoint_convert.arch import HFArch, padded_vocab_size
-from megatron_prorl import accelerator, builtin, device
+from megatron_prorl import builtin
+from megatron_prorl.runtime import accelerator, device
 from megatron_prorl.config import ConfigError, ModelConfig, ParallelConfig, resolve_transformer_impl
 
 

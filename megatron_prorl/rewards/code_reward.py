@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from megatron_prorl.rewards.result import (CodeExecutionDisabled, GroundTruthError, RewardResult, format_failure,
                                            ground_truth_json)
-from megatron_prorl.rewards.sandbox import Limits, Sandbox
 from megatron_prorl.rewards.text import last_code_block
+from megatron_prorl.sandbox import harness
+from megatron_prorl.sandbox.sandbox import Limits, Sandbox
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RewardsConfig
@@ -120,7 +121,7 @@ def _close(a: Any, b: Any) -> bool:
 
 @lru_cache(maxsize=1)
 def harness_source() -> str:
-    return (Path(__file__).parent / "harness.py").read_text()
+    return Path(harness.__file__).read_text()
 
 
 @lru_cache(maxsize=None)

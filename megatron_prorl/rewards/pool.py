@@ -92,8 +92,8 @@ def _warm(domain: str, cfg: RewardsConfig) -> Optional[dict]:
 
 def _worker_main(conn: Connection, progress: Any, cfg_dict: dict, extra: dict, preload: Sequence[str],
                  parent_pid: int) -> None:
-    from megatron_prorl import process
-    from megatron_prorl.rewards import sandbox
+    from megatron_prorl.runtime import process
+    from megatron_prorl.sandbox import sandbox
 
     # Ctrl-C and the run's stop signals are the trainer's to handle; never outlive it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -374,7 +374,7 @@ class RewardPool:
 
     @staticmethod
     def _kill(worker: _Worker) -> None:
-        from megatron_prorl.rewards.sandbox import cleanup_worker_cgroups
+        from megatron_prorl.sandbox.sandbox import cleanup_worker_cgroups
 
         if worker.process.is_alive():
             worker.process.kill()

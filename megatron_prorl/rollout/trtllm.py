@@ -13,7 +13,7 @@ repository file the search index holds, commit given, release not known - rc24 p
 for them):
 
 - ``importlib.metadata.version("tensorrt_llm")``: the check, without importing.
-- ``import tensorrt_llm``: in a scrubbed environment (:mod:`megatron_prorl.launcher_env`),
+- ``import tensorrt_llm``: in a scrubbed environment (:mod:`megatron_prorl.runtime.launcher_env`),
   because the import initialises MPI (stored ``tensorrt_llm/_utils.py``).
 - ``tensorrt_llm.sampling_params.LogprobMode.PROCESSED`` (rc24 ``sampling_params.html``:
   "log probabilities after applying sampling parameters, such as temperature, top-k, top-p").
@@ -135,8 +135,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, MutableMappi
 
 import torch
 
-from megatron_prorl.accelerator import missing_for_tensorrt_llm
-from megatron_prorl.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
+from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
+from megatron_prorl.runtime.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
 from megatron_prorl.rollout.base import (Bucket, RolloutEngine, Sample, SamplingParams, SyncStats, check_prompts,
                                          generation_config_eos)
 from megatron_prorl.rollout.hf_export import engine_named_tensors, write_hf_dir
@@ -423,7 +423,7 @@ class TensorRTLLMEngine(RolloutEngine):
                    pad_token_id=pad_token_id, kv_cache_memory_fraction=cfg.kv_cache_memory_fraction)
 
     def _engine_env(self) -> dict[str, str]:
-        from megatron_prorl.distributed import free_port
+        from megatron_prorl.runtime.distributed import free_port
 
         return engine_environment(os.environ, self._gpus, free_port())
 

@@ -34,8 +34,8 @@ from helpers.gpu import (
     write_hf_dir,
 )
 
-from megatron_prorl.launch import spawn
-from megatron_prorl.launcher_env import applied
+from megatron_prorl.runtime.launch import spawn
+from megatron_prorl.runtime.launcher_env import applied
 
 pytestmark = gpu_marks(cuda_missing(), timeout=900)
 
@@ -53,7 +53,7 @@ def _te_linears(module) -> dict[str, str]:
     forward (TransformerEngineBaseModule.init_fp8_metadata, transformer_engine/pytorch/module/
     base.py, TE 1.x and 2.x); megatron-core 0.16.1's TE layers subclass te.pytorch.Linear and
     LayerNormLinear, and its delayed recipe (TEDelayedScaling) subclasses DelayedScaling."""
-    from megatron_prorl.accelerator import missing_for_transformer_engine
+    from megatron_prorl.runtime.accelerator import missing_for_transformer_engine
 
     if missing_for_transformer_engine():
         return {}
@@ -73,9 +73,9 @@ def _te_linears(module) -> dict[str, str]:
 def _policy_run(hf_dir: str, dtype: str, tp: int, transformer_impl: str, fp8, update: bool) -> dict:
     import torch.distributed as dist
 
-    from megatron_prorl import device
-    from megatron_prorl.batch import from_sequences
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime import device
+    from megatron_prorl.train.batch import from_sequences
+    from megatron_prorl.runtime.distributed import shutdown_distributed
 
     _, _, actor = start_policy(hf_dir, dtype, tp, transformer_impl, fp8)
     prompts, responses = random_sequences(N_SEQ, seed=0)

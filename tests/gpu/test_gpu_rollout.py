@@ -31,7 +31,7 @@ from helpers.gpu import (
     write_hf_dir,
 )
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 pytestmark = gpu_marks(cuda_missing(), timeout=900)
 
@@ -61,8 +61,8 @@ def _engine_run(hf_dir: str, tp: int) -> dict:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megatron_prorl import device
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime import device
+    from megatron_prorl.runtime.distributed import shutdown_distributed
     from megatron_prorl.rollout import SamplingParams, build_engine_from_config
     from megatron_prorl.weight_sync import WeightSync
 

@@ -31,7 +31,7 @@ from helpers.gpu import (
     write_hf_dir,
 )
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 pytestmark = gpu_marks(tensorrt_llm_missing(), timeout=1800)
 
@@ -40,8 +40,8 @@ SAMPLING = dict(n=4, temperature=TEMPERATURE, max_new_tokens=24, seed=3)
 
 
 def _trtllm_run(engine_dir: str, policy_dir: str) -> dict:
-    from megatron_prorl import device
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime import device
+    from megatron_prorl.runtime.distributed import shutdown_distributed
     from megatron_prorl.rollout import SamplingParams, build_engine_from_config
     from megatron_prorl.weight_sync import WeightSync
 

@@ -29,7 +29,7 @@ C++ on the first linear layer; the "meta" device has no data (sampling, rewards 
 cannot run) and accepts CPU indices into embeddings, the very crash this must catch.
 
 Megatron-Core's own CPU obstacles (RNG tracker, gradient clipping) are removed, and streams and
-synchronisation stood in for, by ``megatron_prorl.cpu_backend``, which is enabled first: the
+synchronisation stood in for, by ``megatron_prorl.runtime.cpu_backend``, which is enabled first: the
 simulation is that backend plus labels.
 """
 
@@ -349,7 +349,7 @@ def simulated_cuda(megatron: bool = True) -> Iterator[SimulatedCuda]:
     Megatron-Core nor CUDA streams skip its import.
     """
     if megatron:
-        from megatron_prorl import cpu_backend
+        from megatron_prorl.runtime import cpu_backend
 
         cpu_backend.enable()
     sim = SimulatedCuda()

@@ -28,7 +28,7 @@ from typing import Optional
 import pytest
 import torch
 
-from megatron_prorl import accelerator
+from megatron_prorl.runtime import accelerator
 
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
 
@@ -123,7 +123,7 @@ def hf_logprobs(weights: dict[str, torch.Tensor] | Path, prompts, responses, dty
     flattened in the order of ``TrainBatch.loss_mask`` (row-major over the response tokens)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.train.batch import from_sequences
 
     if isinstance(weights, Path):
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype)
@@ -144,9 +144,9 @@ def start_policy(hf_dir: str, dtype: str = "bf16", tp: int = 1, transformer_impl
     """Distributed state (NCCL with CUDA) and a PolicyActor holding ``hf_dir``'s weights, as the
     trainer starts them; ``rollout``: RolloutConfig fields. Returns (config, arch, actor)."""
     from checkpoint_convert import load_arch, load_hf_weights
-    from megatron_prorl.actor import PolicyActor
+    from megatron_prorl.train.actor import PolicyActor
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed
+    from megatron_prorl.runtime.distributed import init_distributed
 
     cfg = ProRLConfig()
     cfg.model.dtype, cfg.model.transformer_impl = dtype, transformer_impl
@@ -168,8 +168,8 @@ def start_policy(hf_dir: str, dtype: str = "bf16", tp: int = 1, transformer_impl
 
 def update_once(actor, seed: int) -> dict:
     """One real update on random sequences (the policy's weights move away from the file's)."""
-    from megatron_prorl import device
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.runtime import device
+    from megatron_prorl.train.batch import from_sequences
 
     prompts, responses = random_sequences(8, seed)
     batch = device.to_current(from_sequences(prompts, responses, torch.linspace(-1, 1, 8).tolist(), pad_id=PAD))
@@ -185,8 +185,8 @@ def trainer_recomputation(actor, samples, prompts) -> dict:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megatron_prorl import device
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.runtime import device
+    from megatron_prorl.train.batch import from_sequences
 
     payload = [None if samples is None else
                ([prompts[s.prompt_index] for s in samples], [s.token_ids for s in samples],

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers.devsim import DeviceMismatch, simulated_cuda
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 
 def test_code_takes_its_gpu_branches_while_computing_on_the_cpu():

@@ -5,12 +5,12 @@ import torch
 
 from checkpoint_convert.arch import hf_arch
 from helpers.hf_configs import LLAMA3, QWEN2
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 
 def _rope_inv_freq(cfg):
     from megatron_prorl.config import ModelConfig, ParallelConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
     from megatron_prorl.models.builder import build_gpt_model
 
     init_distributed(ParallelConfig())
@@ -40,7 +40,7 @@ def test_the_local_spec_fuses_softmax_on_a_gpu_only_with_apex(monkeypatch):
     on a GPU without Apex it stays off instead of failing at the first attention."""
     from helpers.devsim import simulated_cuda
 
-    from megatron_prorl import accelerator
+    from megatron_prorl.runtime import accelerator
     from megatron_prorl.config import ModelConfig, ParallelConfig
     from megatron_prorl.models.builder import transformer_config
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -19,7 +19,7 @@ N_SEQ = 8
 
 
 def _batch(vocab: int):
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.train.batch import from_sequences
 
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(1, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
@@ -51,9 +51,9 @@ def _run_layout(hf_dir: str, tp: int, pp: int):
 
     from checkpoint_convert import load_arch, load_hf_weights
 
-    from megatron_prorl.actor import PolicyActor
+    from megatron_prorl.train.actor import PolicyActor
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
 
     cfg = ProRLConfig()
     cfg.model.hf_dir = hf_dir

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from megatron_prorl.rewards import cgroup
+from megatron_prorl.sandbox import cgroup
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from megatron_prorl.rewards import cgroup
+from megatron_prorl.sandbox import cgroup
 
 
 def test_a_left_over_group_is_killed_and_removed_by_name():

@@ -27,9 +27,9 @@ import psutil
 import pytest
 
 from megatron_prorl.config import RewardsConfig
-from megatron_prorl.rewards import confine
+from megatron_prorl.sandbox import confine
 from megatron_prorl.rewards.code_reward import STARTUP_GRACE_S, verify_code
-from megatron_prorl.rewards.sandbox import NOBODY, Sandbox, SandboxUnavailable
+from megatron_prorl.sandbox.sandbox import NOBODY, Sandbox, SandboxUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = RewardsConfig(code_timeout_s=1.0, code_memory_mb=512, code_max_processes=32)

@@ -9,7 +9,7 @@ import sys
 
 from megatron_prorl.config import RewardsConfig
 from megatron_prorl.rewards.code_reward import verify_code
-from megatron_prorl.rewards.sandbox import Sandbox, SandboxUnavailable
+from megatron_prorl.sandbox.sandbox import Sandbox, SandboxUnavailable
 
 PROGRAMS = {
     "network": "import socket\ntry:\n    socket.create_connection(('127.0.0.1', PORT), timeout=1)\n"

@@ -21,7 +21,7 @@ import pytest
 import torch
 from rollout_models import EOS, PAD
 
-from megatron_prorl.accelerator import missing_for_tensorrt_llm
+from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
 from megatron_prorl.rollout import SamplingParams, build_engine
 from megatron_prorl.rollout import trtllm
 from megatron_prorl.rollout.base import eos_token_ids

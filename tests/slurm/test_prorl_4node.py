@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cluster import FINISHED
 
-from megatron_prorl.metrics import read_metrics
+from megatron_prorl.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "slurm" / "prorl_4node.sh"
@@ -113,7 +113,7 @@ def test_bad_config_fails_fast_naming_the_key(slurm, tmp_path):
 def test_script_drops_the_launcher_variables_the_engine_must_not_inherit():
     """The batch shell drops what the trainer drops around TensorRT-LLM's start, except SLURM_*,
     from which the ranks read their rank and world size."""
-    from megatron_prorl.launcher_env import LAUNCHER_ENV_PREFIXES
+    from megatron_prorl.runtime.launcher_env import LAUNCHER_ENV_PREFIXES
 
     (listed,) = re.findall(r"^launcher_env_prefixes=\(([^)]*)\)", SCRIPT.read_text(), re.M)
     assert {f"{p}_" for p in listed.split()} == set(LAUNCHER_ENV_PREFIXES) - {"SLURM_"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 
 def _sync_after_update(hf_dir: str):
@@ -23,10 +23,10 @@ def _sync_after_update(hf_dir: str):
 
     from checkpoint_convert import load_arch, load_hf_weights
 
-    from megatron_prorl.actor import PolicyActor
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.train.actor import PolicyActor
+    from megatron_prorl.train.batch import from_sequences
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
     from megatron_prorl.rollout import SamplingParams, build_engine
     from megatron_prorl.weight_sync import SharedMemoryExport, WeightSync, build_source, export_to_first_rank
 

@@ -11,7 +11,7 @@ ranks agree on the prompts without communication; the engine rank broadcasts its
 to the rest of its replica, and the weight sync gathers each replica's shards back to its engine.
 
 The config is read, never changed: what a training stage sets (n, temperature, lengths, KL
-coefficient, data mix) is computed from the step (:mod:`megatron_prorl.stages`) and passed on.
+coefficient, data mix) is computed from the step (:mod:`megatron_prorl.train.stages`) and passed on.
 """
 
 from __future__ import annotations
@@ -29,21 +29,21 @@ import torch
 import torch.distributed as dist
 
 from checkpoint_convert.checkpoint import CheckpointWriteError
-from megatron_prorl import checkpoint as ckpt
-from megatron_prorl import device
-from megatron_prorl.actor import ActorState, PolicyActor, ResetRecord
+from megatron_prorl.train import checkpoint as ckpt
+from megatron_prorl.runtime import device
+from megatron_prorl.train.actor import ActorState, PolicyActor, ResetRecord
 from megatron_prorl.algo import fill
 from megatron_prorl.algo.reset import ResetTrigger
 from megatron_prorl.config import ProRLConfig, to_yaml, validate
 from megatron_prorl.data import MixedSampler, domain_mix_weights, encode_prompt, load_data
-from megatron_prorl.distributed import all_max, all_sum, detect_env, init_distributed
-from megatron_prorl.experience import Group, generate_groups, group_stats, max_response_length, to_train_batch
-from megatron_prorl.metrics import MetricsLogger
+from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
+from megatron_prorl.train.experience import Group, generate_groups, group_stats, max_response_length, to_train_batch
+from megatron_prorl.train.metrics import MetricsLogger
 from megatron_prorl.models.builder import resolve_dtype, resolve_hf_dir
-from megatron_prorl.process import STOP_SIGNALS
+from megatron_prorl.runtime.process import STOP_SIGNALS
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
 from megatron_prorl.rollout.base import eos_token_ids
-from megatron_prorl.stages import Stage, resolve_stages, stage_of, total_steps
+from megatron_prorl.train.stages import Stage, resolve_stages, stage_of, total_steps
 
 log = logging.getLogger(__name__)
 

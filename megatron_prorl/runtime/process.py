@@ -20,7 +20,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 def die_with_parent(parent_pid: int) -> None:
     """SIGKILL this process when its parent dies (Linux parent-death signal), and exit now if
     the parent is already gone (it may have died before the signal was armed)."""
-    from megatron_prorl.rewards.confine import set_parent_death_signal
+    from megatron_prorl.sandbox.confine import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent_pid:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from megatron_prorl import device
+from megatron_prorl.runtime import device
 from megatron_prorl.algo import MAX_METRICS, normalisers, tis_weights, total_loss
-from megatron_prorl.batch import TrainBatch
+from megatron_prorl.train.batch import TrainBatch
 from megatron_prorl.config import ProRLConfig
 from megatron_prorl.models.builder import HFArch, build_gpt_model, padded_vocab_size, resolve_dtype
 from megatron_prorl.models.logprobs import vocab_parallel_logprobs

@@ -1,7 +1,7 @@
 """Per-step metrics: JSON lines, TensorBoard scalars and a live progress bar.
 
 The trainer calls :meth:`MetricsLogger.log` once per training step (and once per validation)
-with a flat ``{name: number}`` dict; ``prorl plot`` (:mod:`megatron_prorl.plot`) reads the
+with a flat ``{name: number}`` dict; ``prorl plot`` (:mod:`megatron_prorl.train.plot`) reads the
 JSON lines back. Only rank 0 logs: other ranks build the logger with ``enabled=False`` and
 every method is a no-op.
 

@@ -13,9 +13,9 @@ from typing import Sequence
 
 import torch
 
-from megatron_prorl import device
+from megatron_prorl.runtime import device
 from megatron_prorl.algo import get_advantage
-from megatron_prorl.batch import TrainBatch, from_sequences
+from megatron_prorl.train.batch import TrainBatch, from_sequences
 from megatron_prorl.data.schema import Row
 from megatron_prorl.rewards import RewardItem, RewardResult
 from megatron_prorl.rollout import RolloutEngine, Sample, SamplingParams

@@ -3,7 +3,7 @@
 Rank, world size and local rank come from torchrun's variables, else from Slurm's
 (srun with one task per GPU), else a single process. NCCL with CUDA, gloo without (where the
 CPU backend is enabled first), plus a gloo group for host-side bookkeeping (see
-:mod:`megatron_prorl.device`). TP and PP come from the config; DP = world / (TP * PP).
+:mod:`megatron_prorl.runtime.device`). TP and PP come from the config; DP = world / (TP * PP).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from megatron_prorl import cpu_backend, device
+from megatron_prorl.runtime import cpu_backend, device
 from megatron_prorl.config import ConfigError, ParallelConfig
 
 

@@ -17,8 +17,8 @@ from multiprocessing.connection import wait
 
 import torch.multiprocessing as mp
 
-from megatron_prorl import process
-from megatron_prorl.distributed import free_port
+from megatron_prorl.runtime import process
+from megatron_prorl.runtime.distributed import free_port
 from megatron_prorl.errors import UserError
 
 

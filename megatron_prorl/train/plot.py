@@ -1,6 +1,6 @@
 """PNG charts of a run's ``metrics.jsonl``: ``prorl plot RUN_DIR [--out DIR]``.
 
-Writes into ``RUN_DIR/plots/`` (metric names: see :mod:`megatron_prorl.metrics`):
+Writes into ``RUN_DIR/plots/`` (metric names: see :mod:`megatron_prorl.train.metrics`):
 
 - ``overview.png``   the one to look at first: reward, validation, entropy, KL, length, time
 - ``rewards.png``    training reward (all domains and per domain) and per-domain accuracy
@@ -31,7 +31,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or figure r
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from megatron_prorl.metrics import read_metrics
+from megatron_prorl.train.metrics import read_metrics
 
 PLOTS_DIR = "plots"
 DPI = 110

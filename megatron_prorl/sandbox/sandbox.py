@@ -41,8 +41,8 @@ from functools import lru_cache
 from itertools import count
 from typing import Optional
 
-from megatron_prorl.rewards import cgroup, confine
-from megatron_prorl.rewards.harness import reap_orphans  # stdlib-only: also runs inside the sandbox
+from megatron_prorl.sandbox import cgroup, confine
+from megatron_prorl.sandbox.harness import reap_orphans  # stdlib-only: also runs inside the sandbox
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ own environment is restored afterwards (it read its Slurm variables at start-up 
 
 Launch scripts use the same list, without importing torch::
 
-    python -m megatron_prorl.launcher_env            # the prefixes, one per line
-    python -m megatron_prorl.launcher_env --unset    # `unset NAME ...` for the current env
+    python -m megatron_prorl.runtime.launcher_env            # the prefixes, one per line
+    python -m megatron_prorl.runtime.launcher_env --unset    # `unset NAME ...` for the current env
 
-e.g. ``eval "$(python -m megatron_prorl.launcher_env --unset)"`` in a task that does not
+e.g. ``eval "$(python -m megatron_prorl.runtime.launcher_env --unset)"`` in a task that does not
 need them any more (export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT first: the trainer
 falls back to the Slurm variables only when those are absent).
 
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
         if names:
             print("unset " + " ".join(shlex.quote(n) for n in names))
         return 0
-    print(f"usage: python -m megatron_prorl.launcher_env [--unset]; got {' '.join(args)!r}", file=sys.stderr)
+    print(f"usage: python -m megatron_prorl.runtime.launcher_env [--unset]; got {' '.join(args)!r}", file=sys.stderr)
     return 2
 
 
