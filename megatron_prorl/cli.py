@@ -21,20 +21,18 @@ import logging
 import os
 import sys
 
-from checkpoint_convert.errors import ConversionError
-from megatron_prorl.config import ProRLConfig, load_config
-from megatron_prorl.errors import UserError
-
-USER_ERRORS = (UserError, ConversionError)
+from megatron_prorl.config import ProRLConfig
+from megatron_prorl.errors import USER_ERRORS, UserError
+from megatron_prorl.plugins import load_plugins
 
 
 def check_before_start(cfg: ProRLConfig, world_size: int) -> None:
     """What can be checked without starting ranks: the model's config.json against the layout
     and the world size, and the stage schedule."""
     from checkpoint_convert.arch import hf_arch, read_hf_config
-    from megatron_prorl.config import validate
     from megatron_prorl.models.builder import resolve_hf_dir
     from megatron_prorl.train.stages import resolve_stages
+    from megatron_prorl.train.validate import validate
 
     hf_dir = resolve_hf_dir(cfg.model.hf_dir)
     hf_config = read_hf_config(hf_dir)
@@ -47,8 +45,10 @@ def _train_rank(config_path: str, overrides: list[str], hold_lock: bool) -> dict
     from megatron_prorl.runtime.distributed import detect_env
     from megatron_prorl.runtime.run_lock import RunLock
     from megatron_prorl.train.trainer import Trainer
+    from megatron_prorl.train.validate import load_run_config
 
-    cfg = load_config(config_path, overrides)
+    load_plugins()  # a spawned rank starts afresh: the user's registrations again
+    cfg = load_run_config(config_path, overrides)
     logging.basicConfig(level=logging.INFO if detect_env().rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lists every parameter
@@ -84,8 +84,9 @@ def _print_summary(summary: dict, run_dir: str) -> None:
 def train(args) -> int:
     from megatron_prorl.runtime.distributed import detect_env, under_launcher
     from megatron_prorl.runtime.run_lock import RunLock
+    from megatron_prorl.train.validate import load_run_config
 
-    cfg = load_config(args.config, args.overrides)  # fail fast, before any process starts
+    cfg = load_run_config(args.config, args.overrides)  # fail fast, before any process starts
     mp = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
     env = detect_env()
     launched = under_launcher()
@@ -149,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        load_plugins()
+    except UserError as exc:
+        print(f"prorl: error: {exc}", file=sys.stderr)
+        return 2
     if argv[:1] == ["eval"]:  # its own parser, with subcommands (megatron_prorl/eval/cli.py)
         from megatron_prorl.eval.cli import main as eval_main
 

@@ -1,9 +1,15 @@
-"""Typed configuration: the single source of every knob.
+"""Typed configuration: the single source of every knob, and the bottom of the package.
 
 Each section is an OmegaConf structured dataclass. YAML files in configs/ set them and
 ``key=value`` overrides on the command line change them; unknown keys and wrong types are
-rejected with the offending key (and file) named. Checks that need the model's shape (TP vs
-heads, PP vs layers) live in :func:`validate`, called once the HF config is known.
+rejected with the offending key (and file) named, and so is a value outside the set or range
+its field allows (:func:`check_fields`: facts this file alone states).
+
+This module imports nothing from the package. What needs another part's knowledge (an engine or
+estimator name in a registry, a task domain, a data format, Transformer Engine being present,
+the model's shape, the world size) is checked by that part (``check_config`` functions in
+rollout/, algo/, data/, rewards/, models/, runtime/), composed by
+:func:`megatron_prorl.train.validate.validate`, still before any rank starts.
 """
 
 from __future__ import annotations
@@ -16,11 +22,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from megatron_prorl.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration value is wrong; the message names the key and, when known, the file."""
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and, when known, the file.
+    One of :data:`megatron_prorl.errors.USER_ERRORS` (one line, exit 2)."""
 
 
 @dataclass
@@ -290,7 +294,9 @@ def _explain(exc: OmegaConfBaseException, where: str) -> ConfigError:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ProRLConfig:
-    """Defaults <- YAML file <- ``key=value`` overrides, type-checked at every layer."""
+    """Defaults <- YAML file <- ``key=value`` overrides, type-checked at every layer, each field
+    within its set or range (:func:`check_fields`). The checks that need the rest of the package
+    are :func:`megatron_prorl.train.validate.validate`'s; ``load_run_config`` there does both."""
     cfg = OmegaConf.structured(ProRLConfig)
     if path is not None:
         path = Path(path)
@@ -319,7 +325,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"override '{item}': the value is not valid YAML "
                               f"({getattr(exc, 'problem', None) or exc})") from None
     obj = OmegaConf.to_object(cfg)
-    validate(obj)
+    check_fields(obj)
     return obj
 
 
@@ -341,147 +347,62 @@ def to_yaml(cfg: ProRLConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def _choice(key: str, value: Any, allowed: tuple) -> None:
+def choice(key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(repr, allowed))}")
 
 
-def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Optional[int] = None) -> None:
-    """Semantic checks. Model-shape checks run when ``hf_config`` (config.json) is given,
-    data-parallel checks when ``world_size`` is."""
-    from checkpoint_convert import dtypes
-    from megatron_prorl.rollout.base import ENGINES, check_sampling  # late: keeps config import light
+def at_least(key: str, value, low) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value}: must be >= {low}")
 
-    m, p, a, b, r = cfg.model, cfg.parallel, cfg.algo, cfg.batch, cfg.rollout
-    _choice("model.dtype", m.dtype, ("auto", *dtypes.NAMES))
-    _choice("model.transformer_impl", m.transformer_impl, ("auto", "local", "transformer_engine"))
-    _choice("model.fp8", m.fp8, (None, "e4m3", "hybrid"))
-    _choice("model.fp8_recipe", m.fp8_recipe, ("delayed", "tensorwise", "mxfp8", "blockwise"))
-    _choice("parallel.backend", p.backend, ("auto", "nccl", "gloo"))
-    _choice("optim.lr_schedule", cfg.optim.lr_schedule, ("constant", "warmup_constant"))
-    _choice("rollout.engine", r.engine, ENGINES.names())
-    _choice("rollout.refresh", r.refresh, ("refit", "rebuild"))
-    _choice("rollout.sync_transport", r.sync_transport, ("auto", "collective", "shared_memory"))
-    _choice("rewards.sandbox", cfg.rewards.sandbox, ("auto", "bwrap", "rlimit"))
+
+def check_fields(cfg: ProRLConfig) -> None:
+    """Each field within the set or range it allows, and the relations between fields that need
+    nothing but the config."""
+    m, p, a, b, r, w = cfg.model, cfg.parallel, cfg.algo, cfg.batch, cfg.rollout, cfg.rewards
+    choice("model.transformer_impl", m.transformer_impl, ("auto", "local", "transformer_engine"))
+    choice("model.fp8", m.fp8, (None, "e4m3", "hybrid"))
+    choice("model.fp8_recipe", m.fp8_recipe, ("delayed", "tensorwise", "mxfp8", "blockwise"))
+    if m.fp8 is not None and m.transformer_impl == "local":
+        raise ConfigError(f"model.fp8={m.fp8!r} needs model.transformer_impl='transformer_engine' (or 'auto'): the "
+                          "local layer spec has no FP8 kernels and would train without FP8")
+    choice("parallel.backend", p.backend, ("auto", "nccl", "gloo"))
+    choice("optim.lr_schedule", cfg.optim.lr_schedule, ("constant", "warmup_constant"))
+    choice("rollout.refresh", r.refresh, ("refit", "rebuild"))
+    choice("rollout.sync_transport", r.sync_transport, ("auto", "collective", "shared_memory"))
+    choice("rewards.sandbox", w.sandbox, ("auto", "bwrap", "rlimit"))
+    choice("data.overlong_prompts", cfg.data.overlong_prompts, ("drop", "truncate"))
     for key in ("timeout_s", "code_timeout_s", "code_memory_mb", "code_max_processes"):
-        if getattr(cfg.rewards, key) <= 0:
-            raise ConfigError(f"rewards.{key}={getattr(cfg.rewards, key)}: must be > 0")
+        if getattr(w, key) <= 0:
+            raise ConfigError(f"rewards.{key}={getattr(w, key)}: must be > 0")
     for key, value in (("parallel.tensor_model_parallel_size", p.tensor_model_parallel_size),
                        ("parallel.pipeline_model_parallel_size", p.pipeline_model_parallel_size),
                        ("batch.prompts_per_step", b.prompts_per_step),
                        ("batch.prompts_per_mini_batch", b.prompts_per_mini_batch),
-                       ("batch.micro_batch_size", b.micro_batch_size)):
-        if value < 1:
-            raise ConfigError(f"{key}={value}: must be >= 1")
+                       ("batch.micro_batch_size", b.micro_batch_size),
+                       ("algo.max_sampling_rounds", a.max_sampling_rounds),
+                       ("rollout.engine_tensor_parallel_size", r.engine_tensor_parallel_size)):
+        at_least(key, value, 1)
+    if b.prompts_per_step % b.prompts_per_mini_batch:
+        raise ConfigError(
+            f"batch.prompts_per_mini_batch={b.prompts_per_mini_batch} does not divide "
+            f"batch.prompts_per_step={b.prompts_per_step}")
     if not (0 <= a.eps_low < 1 and a.eps_high >= 0):
         raise ConfigError(f"algo.eps_low={a.eps_low}, algo.eps_high={a.eps_high}: need 0 <= eps_low < 1, eps_high >= 0")
-    from megatron_prorl import algo  # late: keeps config import light
-
-    _choice("algo.loss_agg", a.loss_agg, algo.AGG_MODES)
-    for key, value, registry in (("algo.advantage", a.advantage, algo.ADVANTAGES),
-                                 ("algo.policy_loss", a.policy_loss, algo.POLICY_LOSSES),
-                                 ("algo.kl_estimator", a.kl_estimator, algo.KL_ESTIMATORS)):
-        _choice(key, value, registry.names())
     for key, value in (("algo.kl_clamp", a.kl_clamp), ("algo.tis_cap", a.tis_cap)):
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value}: must be > 0 (or null for off)")
     if a.clip_ratio_c is not None and a.clip_ratio_c <= 1:
         raise ConfigError(f"algo.clip_ratio_c={a.clip_ratio_c}: must be > 1 (or null for off)")
-    if a.max_sampling_rounds < 1:
-        raise ConfigError(f"algo.max_sampling_rounds={a.max_sampling_rounds}: must be >= 1")
-    try:
-        check_sampling(n=("rollout.n", r.n), temperature=("rollout.temperature", r.temperature),
-                       top_p=("rollout.top_p", r.top_p),
-                       max_new_tokens=("rollout.max_response_length", r.max_response_length))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
     if not 0 < r.kv_cache_memory_fraction <= 1:
         raise ConfigError(f"rollout.kv_cache_memory_fraction={r.kv_cache_memory_fraction}: must be in (0, 1]")
-    if r.engine_tensor_parallel_size < 1:
-        raise ConfigError(f"rollout.engine_tensor_parallel_size={r.engine_tensor_parallel_size}: must be >= 1")
-    if r.engine == "tensorrt_llm" and r.engine_tensor_parallel_size != 1:
-        raise ConfigError(f"rollout.engine_tensor_parallel_size={r.engine_tensor_parallel_size}: the TensorRT-LLM "
-                          "engine runs on its trainer rank's own GPU (1); several GPUs per engine are not "
-                          "supported yet")
     if r.engine_max_batch_size is not None and r.engine_max_batch_size < 1:
         raise ConfigError(f"rollout.engine_max_batch_size={r.engine_max_batch_size}: must be >= 1 (or null)")
-    _validate_data(cfg.data)
-    if b.prompts_per_step % b.prompts_per_mini_batch:
-        raise ConfigError(
-            f"batch.prompts_per_mini_batch={b.prompts_per_mini_batch} does not divide "
-            f"batch.prompts_per_step={b.prompts_per_step}")
-    from megatron_prorl.runtime import accelerator  # late: keeps config import light
-
-    if m.fp8 is not None and m.transformer_impl == "local":
-        raise ConfigError(f"model.fp8={m.fp8!r} needs model.transformer_impl='transformer_engine' (or 'auto'): the "
-                          "local layer spec has no FP8 kernels and would train without FP8")
-    te_requested = m.transformer_impl == "transformer_engine" or m.fp8 is not None
-    if te_requested:
-        missing = accelerator.missing_for_transformer_engine()
-        if missing:
-            what = "model.fp8=" + repr(m.fp8) if m.fp8 is not None else "model.transformer_impl='transformer_engine'"
-            raise ConfigError(f"{what} needs {missing}")
-    if m.fp8 is not None:
-        import torch
-
-        problem = accelerator.fp8_recipe_problem(m.fp8_recipe, accelerator.transformer_engine_version(),
-                                                 torch.cuda.get_device_capability())
-        if problem:
-            raise ConfigError(f"model.fp8_recipe={m.fp8_recipe!r}: {problem}")
-    if p.sequence_parallel and resolve_transformer_impl(m) == "local":
-        raise ConfigError(
-            "parallel.sequence_parallel=true is not supported by the local layer spec "
-            "(torch norms); it needs model.transformer_impl='transformer_engine'")
-    if world_size is not None:
-        mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
-        if world_size % mp:
-            raise ConfigError(
-                f"world size {world_size} is not divisible by tensor_model_parallel_size x "
-                f"pipeline_model_parallel_size = {mp}")
-        if b.prompts_per_step % (world_size // mp):
-            raise ConfigError(f"batch.prompts_per_step={b.prompts_per_step} is not divisible by the "
-                              f"data-parallel size {world_size // mp} (world size {world_size} / {mp})")
-    if hf_config is not None:
-        _validate_model_shape(cfg, hf_config)
-
-
-def _validate_data(d: DataConfig) -> None:
-    from megatron_prorl.data.formats import FORMATS  # late: keeps config import light
-    from megatron_prorl.data.schema import domains
-
-    _choice("data.overlong_prompts", d.overlong_prompts, ("drop", "truncate"))
     for split in ("train", "val"):
-        for i, src in enumerate(getattr(d, split)):
+        for i, src in enumerate(getattr(cfg.data, split)):
             key = f"data.{split}[{i}]"
             if not src.path:
                 raise ConfigError(f"{key}.path is empty")
-            _choice(f"{key}.domain", src.domain, ("", *domains()))
-            _choice(f"{key}.format", src.format, FORMATS.names())
             if src.weight < 0 or src.size < 1:
                 raise ConfigError(f"{key}: need weight >= 0 and size >= 1, got weight={src.weight}, size={src.size}")
-
-
-def _validate_model_shape(cfg: ProRLConfig, hf: dict) -> None:
-    tp = cfg.parallel.tensor_model_parallel_size
-    pp = cfg.parallel.pipeline_model_parallel_size
-    heads = hf["num_attention_heads"]
-    groups = hf.get("num_key_value_heads") or heads
-    layers = hf["num_hidden_layers"]
-    if heads % tp:
-        raise ConfigError(
-            f"parallel.tensor_model_parallel_size={tp} does not divide num_attention_heads={heads}")
-    if groups % tp:
-        raise ConfigError(
-            f"parallel.tensor_model_parallel_size={tp} does not divide num_key_value_heads "
-            f"(query groups)={groups}")
-    if layers % pp:
-        raise ConfigError(
-            f"parallel.pipeline_model_parallel_size={pp} does not divide num_hidden_layers={layers}")
-
-
-def resolve_transformer_impl(m: ModelConfig) -> str:
-    from megatron_prorl.runtime import accelerator
-
-    if m.transformer_impl != "auto":
-        return m.transformer_impl
-    return "transformer_engine" if not accelerator.missing_for_transformer_engine() else "local"

@@ -2,6 +2,9 @@
 directory. The command line reports them as one line (``prorl: error: ...``, exit code 2),
 from whichever rank found them; anything else is an internal error and shows its traceback."""
 
+from checkpoint_convert.errors import ConversionError
+from megatron_prorl.config import ConfigError
+
 
 class UserError(Exception):
     """Input the user can fix; the message names the file, key or value at fault."""
@@ -9,3 +12,8 @@ class UserError(Exception):
 
 class DataError(UserError, ValueError):
     """A data source that cannot be used (the message names it and why)."""
+
+
+# Every error reported as one line: the package's own, a config value (config.py sits below
+# this module and raises its own type), and the converter's (a package of its own).
+USER_ERRORS = (UserError, ConfigError, ConversionError)

@@ -34,9 +34,9 @@ def test_moves_take_every_tensor_of_a_batch_or_sample_list():
 
 
 def _config(tp: int, out_dir: str):
-    from megatron_prorl.config import load_config
+    from megatron_prorl.train.validate import load_run_config
 
-    return load_config(None, [
+    return load_run_config(None, [
         "model.hf_dir=builtin:tiny", "model.dtype=fp32", f"parallel.tensor_model_parallel_size={tp}",
         "batch.prompts_per_step=2", "batch.prompts_per_mini_batch=1", "batch.micro_batch_size=4",
         "rollout.n=4", "rollout.max_prompt_length=128", "rollout.max_response_length=6",

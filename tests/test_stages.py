@@ -1,11 +1,12 @@
 import pytest
 
-from megatron_prorl.config import ConfigError, StageConfig, load_config
+from megatron_prorl.config import ConfigError, StageConfig
+from megatron_prorl.train.validate import load_run_config
 from megatron_prorl.train.stages import resolve_stages, stage_of, total_steps
 
 
 def test_stages_inherit_and_override():
-    cfg = load_config(overrides=["rollout.n=16", "rollout.max_response_length=8192", "algo.kl_beta=0.001"])
+    cfg = load_run_config(overrides=["rollout.n=16", "rollout.max_response_length=8192", "algo.kl_beta=0.001"])
     cfg.trainer.stages = [StageConfig(name="8k", steps=3),
                           StageConfig(name="16k", steps=2, max_response_length=16384, n=32, kl_beta=0.0,
                                       reset_reference_at_start=True, no_eos_penalty=0.5, data_mix={"math": 1.0})]
@@ -26,7 +27,7 @@ def test_stages_inherit_and_override():
     ([StageConfig(name="x", steps=2, n=1)], "n=1: GRPO needs at least 2"),
 ])
 def test_bad_stages(stages, message):
-    cfg = load_config()
+    cfg = load_run_config()
     cfg.trainer.stages = stages
     with pytest.raises(ConfigError, match=message):
         resolve_stages(cfg)

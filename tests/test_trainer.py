@@ -74,9 +74,10 @@ def test_stages_resets_and_dynamic_sampling(tmp_path):
         (3, "stage long starts"), (3, "schedule: every 3 steps")]
     # The stages changed n, lengths and the KL coefficient as they ran; the config stayed what
     # the user wrote: the checkpoint's config.yaml is the input config, field for field.
-    from megatron_prorl.config import load_config, to_yaml
+    from megatron_prorl.config import to_yaml
+    from megatron_prorl.train.validate import load_run_config
 
-    assert (last / "config.yaml").read_text() == to_yaml(load_config(config))
+    assert (last / "config.yaml").read_text() == to_yaml(load_run_config(config))
 
     # Resumed from the last checkpoint of the first stage, a run enters the second stage at
     # step 3 and repeats the uninterrupted run's steps exactly.
@@ -197,7 +198,7 @@ def test_starts_from_a_converted_checkpoint(tmp_path):
 
 
 def _engine_calls(sleep: bool) -> tuple[list[str], dict]:
-    from megatron_prorl.config import load_config
+    from megatron_prorl.train.validate import load_run_config
     from megatron_prorl.runtime.distributed import shutdown_distributed
     from megatron_prorl.rollout import ENGINES
     from megatron_prorl.rollout.hf_engine import TransformersEngine
@@ -226,7 +227,7 @@ def _engine_calls(sleep: bool) -> tuple[list[str], dict]:
     ENGINES.register("recording", Recording)
     import tempfile
 
-    cfg = load_config(write_config(Path(tempfile.mkdtemp())), [
+    cfg = load_run_config(write_config(Path(tempfile.mkdtemp())), [
         "rollout.engine=recording", f"rollout.sleep_during_training={sleep}", "data.val=[]",
         "algo.dynamic_sampling=false", "trainer.generation_chunks=1"])
     trainer = Trainer(cfg)

@@ -74,7 +74,8 @@ def _measure(precision: str, seq_len: int, seqs: int, steps: int, recompute: boo
     from megatron_prorl.runtime.accelerator import missing_for_fp8
     from megatron_prorl.train.actor import PolicyActor
     from megatron_prorl.train.batch import from_sequences
-    from megatron_prorl.config import ProRLConfig, resolve_transformer_impl
+    from megatron_prorl.config import ProRLConfig
+    from megatron_prorl.runtime.accelerator import resolve_transformer_impl
     from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
 
     if precision == "fp8" and (missing := missing_for_fp8()):

@@ -14,6 +14,7 @@ from megatron_prorl.algo.advantages import (
     grpo_advantages,
     register_advantage,
 )
+from megatron_prorl.algo.checks import check_config
 from megatron_prorl.algo.dynamic_sampling import Filled, dynamic_sampling_mask, fill
 from megatron_prorl.algo.kl import KL_ESTIMATORS, get_kl, kl_penalty, register_kl
 from megatron_prorl.algo.losses import (
@@ -34,7 +35,7 @@ from megatron_prorl.algo.utils import ZERO_VARIANCE_TOL, masked_mean, masked_sum
 __all__ = [
     "ADVANTAGES", "AGG_MODES", "KL_ESTIMATORS", "MAX_METRICS", "POLICY_LOSSES", "ZERO_VARIANCE_TOL",
     "Filled",
-    "aggregate", "broadcast_advantages", "decoupled_clip", "dynamic_sampling_mask", "fill",
+    "aggregate", "broadcast_advantages", "check_config", "decoupled_clip", "dynamic_sampling_mask", "fill",
     "get_advantage", "get_kl", "get_policy_loss", "grpo_advantages", "kl_penalty", "masked_mean",
     "masked_sum", "normalisers", "policy_loss", "register_advantage", "register_kl",
     "register_policy_loss", "tis_weights", "total_loss",

@@ -22,8 +22,7 @@ import torch
 from checkpoint_convert.buckets import Bucket
 from megatron_prorl.registry import Registry
 
-if TYPE_CHECKING:
-    from megatron_prorl.config import RolloutConfig
+from megatron_prorl.config import ConfigError, RolloutConfig, choice
 
 FINISH_REASONS = ("eos", "stop", "length")
 
@@ -44,6 +43,21 @@ def check_sampling(**named: tuple[str, Any]) -> None:
         rule, ok = _SAMPLING_RULES[field]
         if not ok(value):
             raise ValueError(f"{label}={value}: {rule}")
+
+
+def check_config(r: RolloutConfig) -> None:
+    """The engine is a registered one, and the sampling settings pass the sampling rules."""
+    choice("rollout.engine", r.engine, ENGINES.names())
+    try:
+        check_sampling(n=("rollout.n", r.n), temperature=("rollout.temperature", r.temperature),
+                       top_p=("rollout.top_p", r.top_p),
+                       max_new_tokens=("rollout.max_response_length", r.max_response_length))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if r.engine == "tensorrt_llm" and r.engine_tensor_parallel_size != 1:
+        raise ConfigError(f"rollout.engine_tensor_parallel_size={r.engine_tensor_parallel_size}: the TensorRT-LLM "
+                          "engine runs on its trainer rank's own GPU (1); several GPUs per engine are not "
+                          "supported yet")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from functools import lru_cache
 
 import torch
 
+from megatron_prorl.config import ConfigError, ModelConfig, ParallelConfig
+
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
@@ -100,3 +102,28 @@ def has_apex_softmax() -> bool:
     """Apex's fused masked-softmax kernel (megatron-core 0.16.1 fusions/fused_softmax.py imports
     ``scaled_masked_softmax_cuda`` when the local spec's masked_softmax_fusion is on)."""
     return importlib.util.find_spec("scaled_masked_softmax_cuda") is not None
+
+
+def resolve_transformer_impl(m: ModelConfig) -> str:
+    """``model.transformer_impl``, with "auto" decided by what this machine offers."""
+    if m.transformer_impl != "auto":
+        return m.transformer_impl
+    return "transformer_engine" if not missing_for_transformer_engine() else "local"
+
+
+def check_config(m: ModelConfig, p: ParallelConfig) -> None:
+    """What the model section asks of this machine: Transformer Engine, FP8 and its recipe,
+    sequence parallelism (which the local spec's torch norms cannot do)."""
+    if m.transformer_impl == "transformer_engine" or m.fp8 is not None:
+        missing = missing_for_transformer_engine()
+        if missing:
+            what = "model.fp8=" + repr(m.fp8) if m.fp8 is not None else "model.transformer_impl='transformer_engine'"
+            raise ConfigError(f"{what} needs {missing}")
+    if m.fp8 is not None:
+        problem = fp8_recipe_problem(m.fp8_recipe, transformer_engine_version(), torch.cuda.get_device_capability())
+        if problem:
+            raise ConfigError(f"model.fp8_recipe={m.fp8_recipe!r}: {problem}")
+    if p.sequence_parallel and resolve_transformer_impl(m) == "local":
+        raise ConfigError(
+            "parallel.sequence_parallel=true is not supported by the local layer spec "
+            "(torch norms); it needs model.transformer_impl='transformer_engine'")

@@ -17,8 +17,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from megatron_prorl.config import BatchConfig, ConfigError, ParallelConfig
 from megatron_prorl.runtime import cpu_backend, device
-from megatron_prorl.config import ConfigError, ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -136,3 +136,15 @@ def shutdown_distributed() -> None:
     device.destroy_host_group()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_world_size(p: ParallelConfig, b: BatchConfig, world_size: int) -> None:
+    """The world splits into TP x PP model replicas, and each step's prompts over the replicas."""
+    mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+    if world_size % mp:
+        raise ConfigError(
+            f"world size {world_size} is not divisible by tensor_model_parallel_size x "
+            f"pipeline_model_parallel_size = {mp}")
+    if b.prompts_per_step % (world_size // mp):
+        raise ConfigError(f"batch.prompts_per_step={b.prompts_per_step} is not divisible by the "
+                          f"data-parallel size {world_size // mp} (world size {world_size} / {mp})")

@@ -17,9 +17,9 @@ from multiprocessing.connection import wait
 
 import torch.multiprocessing as mp
 
+from megatron_prorl.errors import USER_ERRORS, UserError
 from megatron_prorl.runtime import process
 from megatron_prorl.runtime.distributed import free_port
-from megatron_prorl.errors import UserError
 
 
 class RankFailed(RuntimeError):
@@ -36,14 +36,12 @@ def _entry(rank, world_size, port, fn, args, conn, parent_pid):
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     import torch
 
-    from checkpoint_convert.errors import ConversionError
-
     torch.set_num_threads(1)
     try:
         # Plain pickle: torch's pickler shares tensors through file descriptors that vanish
         # when this process exits before the parent reads them.
         conn.send((rank, "ok", pickle.dumps(fn(*args))))
-    except (UserError, ConversionError) as exc:
+    except USER_ERRORS as exc:
         conn.send((rank, "user", str(exc)))
         raise SystemExit(2)
     except BaseException:

@@ -34,7 +34,7 @@ from megatron_prorl.runtime import device
 from megatron_prorl.train.actor import ActorState, PolicyActor, ResetRecord
 from megatron_prorl.algo import fill
 from megatron_prorl.algo.reset import ResetTrigger
-from megatron_prorl.config import ProRLConfig, to_yaml, validate
+from megatron_prorl.config import ProRLConfig, to_yaml
 from megatron_prorl.data import MixedSampler, domain_mix_weights, encode_prompt, load_data
 from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
 from megatron_prorl.train.experience import Group, generate_groups, group_stats, max_response_length, to_train_batch
@@ -44,6 +44,7 @@ from megatron_prorl.runtime.process import STOP_SIGNALS
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
 from megatron_prorl.rollout.base import eos_token_ids
 from megatron_prorl.train.stages import Stage, resolve_stages, stage_of, total_steps
+from megatron_prorl.train.validate import validate
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from rollout_models import EOS, PAD, qwen2_config, reference_model, state_dict_buckets
 
-from megatron_prorl.config import ConfigError, RolloutConfig, load_config
+from megatron_prorl.config import ConfigError, RolloutConfig
+from megatron_prorl.train.validate import load_run_config
 from megatron_prorl.rollout import SamplingParams, build_engine, build_engine_from_config
 from megatron_prorl.rollout.hf_engine import TransformersEngine
 
@@ -153,7 +154,7 @@ def test_sleep_wake_and_registry(tied_setup):
                                      dtype=torch.float32)
     assert isinstance(built, TransformersEngine) and built.max_batch_size == 32
     with pytest.raises(ConfigError, match="rollout.engine_max_batch_size=0"):
-        load_config(overrides=["rollout.engine_max_batch_size=0"])
+        load_run_config(overrides=["rollout.engine_max_batch_size=0"])
     with pytest.raises(ValueError, match="unknown rollout engine 'vllm'; known: tensorrt_llm, transformers"):
         build_engine("vllm")
     with pytest.raises(ValueError, match="prompt 1 is empty"):
