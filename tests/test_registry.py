@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from helpers.toy_domain import verify_toy
-from megatron_prorl.config import ConfigError, RewardsConfig, load_config
+from megatron_prorl.config import ConfigError, RewardsConfig
+from megatron_prorl.train.validate import load_run_config
 from megatron_prorl.registry import Registry, UnknownNameError
 from megatron_prorl.rollout import ENGINES, RolloutEngine, Sample, SyncStats, build_engine_from_config
-from megatron_prorl.rewards import VERIFIERS, RewardPool, register_verifier
+from megatron_prorl.domains import DOMAINS
+from megatron_prorl.rewards import RewardPool, register_verifier
 
 
 def test_add_get_and_errors():
@@ -77,15 +79,15 @@ class ToyEngine(RolloutEngine):
 @pytest.fixture
 def scratch_registries(monkeypatch):
     """Registrations made by a test vanish with it."""
-    for reg in (ENGINES, VERIFIERS):
+    for reg in (ENGINES, DOMAINS):
         monkeypatch.setattr(reg, "_entries", dict(reg._entries))
 
 
 def test_a_registered_engine_is_a_valid_config_value_and_is_built(scratch_registries):
     with pytest.raises(ConfigError, match="rollout.engine='toy'"):
-        load_config(overrides=["rollout.engine=toy"])
+        load_run_config(overrides=["rollout.engine=toy"])
     ENGINES.register("toy", ToyEngine)
-    cfg = load_config(overrides=["rollout.engine=toy"])
+    cfg = load_run_config(overrides=["rollout.engine=toy"])
     engine = build_engine_from_config(cfg.rollout, hf_config={}, hf_dir=None, eos_token_ids=[0], pad_token_id=0,
                                       device="cpu", dtype=torch.float32)
     assert isinstance(engine, ToyEngine) and engine.rollout_cfg is cfg.rollout
@@ -99,12 +101,12 @@ def test_a_registered_domain_is_valid_in_configs_and_rows_and_scored_in_workers(
     rows.write_text("".join(json.dumps({"prompt": f"Reverse {w}", "domain": "toy", "ground_truth": w}) + "\n"
                             for w in ("abc", "xyz")))
     with pytest.raises(ConfigError, match="data.train\\[0\\].domain='toy'"):
-        load_config(overrides=[f"data.train=[{{path: '{rows}', domain: toy}}]"])
+        load_run_config(overrides=[f"data.train=[{{path: '{rows}', domain: toy}}]"])
     with pytest.raises(ValueError, match="no usable rows"), pytest.warns(UserWarning, match="unknown domain 'toy'"):
         load_source(DataSourceConfig(path=str(rows)))
 
     register_verifier("toy", verify_toy)
-    load_config(overrides=[f"data.train=[{{path: '{rows}', domain: toy}}]"])
+    load_run_config(overrides=[f"data.train=[{{path: '{rows}', domain: toy}}]"])
     source = load_source(DataSourceConfig(path=str(rows)))
     assert [r.ground_truth for r in source.rows] == ["abc", "xyz"]
     with RewardPool(RewardsConfig(), num_workers=1, preload=()) as pool:  # workers learn of "toy" by themselves
@@ -113,7 +115,7 @@ def test_a_registered_domain_is_valid_in_configs_and_rows_and_scored_in_workers(
 
 
 def test_a_domain_is_not_replaced_by_accident(scratch_registries):
-    with pytest.raises(ValueError, match="reward domain 'math' is already registered"):
+    with pytest.raises(ValueError, match="task domain 'math' is already registered"):
         register_verifier("math", verify_toy)
     register_verifier("math", verify_toy, replace=True)
-    assert VERIFIERS.get("math") is verify_toy
+    assert DOMAINS.get("math").verify is verify_toy

@@ -3,11 +3,13 @@
 Per source (and per domain inside a source that spans several, and per domain over all
 sources): pass@k for each k (unbiased estimator, :func:`~megatron_prorl.eval.metrics.pass_at_k`;
 a response counts as correct when its score is 1, so partial credit never passes), majority@k
-for answer domains (math, stem), the mean score (the continuous reward itself), mean response
-length in tokens and the share of responses cut at the length limit. The headline number of a
-benchmark follows the paper: pass@1 for math, code and STEM, the mean continuous reward for
-logic puzzles and instruction following. ``summary.md`` lays them out like the paper's Tables
-1-3: one table per domain, benchmarks as columns, one row per model.
+for domains whose verifiers extract an answer (math, stem), the mean score (the continuous reward
+itself), mean response length in tokens and the share of responses cut at the length limit. The
+headline number of a benchmark is its domain's (:attr:`megatron_prorl.domains.Domain.headline`,
+the paper's choice: pass@1 for math, code and STEM, the mean continuous reward for logic puzzles
+and instruction following). ``summary.md`` lays them out like the paper's Tables 1-3: one table
+per domain (in the domains' report order, under their titles), benchmarks as columns, one row
+per model. A domain this process does not know (samples of a user's domain) reports pass@1.
 """
 
 from __future__ import annotations
@@ -18,14 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from megatron_prorl import domains
+from megatron_prorl.domains import Domain
 from megatron_prorl.eval.metrics import majority_at_k, pass_at_k
 
 RESULTS_FILE, SUMMARY_FILE, PLOT_FILE = "results.json", "summary.md", "pass_at_k.png"
-ANSWER_DOMAINS = ("math", "stem")
-CONTINUOUS_DOMAINS = ("logic", "ifeval")  # headline: the mean continuous reward
-DOMAIN_ORDER = ("math", "code", "stem", "ifeval", "logic")
-DOMAIN_TITLES = {"math": "Math", "code": "Code", "stem": "STEM", "ifeval": "Instruction following",
-                 "logic": "Logic puzzles"}
 CORRECT = 1.0 - 1e-9  # float rewards of exactly 1 may be stored as 0.9999999999
 
 
@@ -67,13 +66,18 @@ def curve_ks(n: int, ks: Sequence[int]) -> list[int]:
     return sorted({k for k in ks if k <= n} | {1 << i for i in range(n.bit_length()) if 1 << i <= n})
 
 
+def domain_record(name: str) -> Domain:
+    """The registered domain ``name``, or a stand-in reporting pass@1 under its name."""
+    return domains.get(name) if name in domains.DOMAINS else Domain(name, verify=None)
+
+
 def metrics(problems: Sequence[Problem], ks: Sequence[int]) -> dict:
     """Aggregate metrics of a set of problems (see the module docstring)."""
     n = min(len(p.scores) for p in problems)
     samples = sum(len(p.scores) for p in problems)
-    domains = {p.domain for p in problems}
+    names = {p.domain for p in problems}
     out = {
-        "domain": domains.pop() if len(domains) == 1 else "mixed",
+        "domain": names.pop() if len(names) == 1 else "mixed",
         "problems": len(problems), "samples": samples,
         "pass@k": {str(k): _mean(pass_at_k(len(p.scores), sum(p.correct), k) for p in problems)
                    for k in curve_ks(n, ks)},
@@ -81,10 +85,11 @@ def metrics(problems: Sequence[Problem], ks: Sequence[int]) -> dict:
         "mean_length": sum(sum(p.lengths) for p in problems) / samples,
         "truncation_rate": sum(sum(p.truncated) for p in problems) / samples,
     }
-    if out["domain"] in ANSWER_DOMAINS:
+    record = domain_record(out["domain"])
+    if record.answers:
         out["majority@k"] = {str(k): _mean(majority_at_k(p.answers, p.correct, k) for p in problems)
                              for k in ks if k <= n}
-    out["headline"] = out["mean_score"] if out["domain"] in CONTINUOUS_DOMAINS else out["pass@k"]["1"]
+    out["headline"] = out["mean_score"] if record.headline == "mean reward" else out["pass@k"]["1"]
     return out
 
 
@@ -135,11 +140,11 @@ def summary_tables(runs: Sequence[tuple[str, dict]]) -> str:
             if name not in columns[m["domain"]]:
                 columns[m["domain"]].append(name)
     parts = []
-    for domain in sorted(columns, key=lambda d: DOMAIN_ORDER.index(d) if d in DOMAIN_ORDER else len(DOMAIN_ORDER)):
+    for domain in domains.in_report_order(columns):
         names = columns[domain]
-        what = "mean reward" if domain in CONTINUOUS_DOMAINS else "pass@1"
+        record = domain_record(domain)
         avg = len(names) > 1
-        parts.append(f"### {DOMAIN_TITLES.get(domain, domain)} ({what}, %)\n")
+        parts.append(f"### {record.title} ({record.headline}, %)\n")
         parts.append("| model | " + " | ".join(names) + (" | Avg |" if avg else " |"))
         parts.append("|---" * (len(names) + 1 + avg) + "|")
         for label, results in runs:

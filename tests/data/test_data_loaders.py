@@ -9,7 +9,8 @@ import warnings
 import datasets
 import pytest
 
-from megatron_prorl.config import ConfigError, DataConfig, DataSourceConfig, load_config
+from megatron_prorl.config import ConfigError, DataConfig, DataSourceConfig
+from megatron_prorl.train.validate import load_run_config
 from megatron_prorl.data import load_data, load_source, save_rows
 from megatron_prorl.data.prompts import prompt_lengths
 from megatron_prorl.data.schema import Row
@@ -122,12 +123,12 @@ def test_config_rejects_bad_sources(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("data:\n  train:\n    - {path: x.jsonl, format: eurus3}\n")
     with pytest.raises(ConfigError, match=r"data.train\[0\].format='eurus3'"):
-        load_config(config)
+        load_run_config(config)
     config.write_text("data:\n  train:\n    - {path: x.jsonl, domain: chemistry}\n")
     with pytest.raises(ConfigError, match=r"data.train\[0\].domain='chemistry'"):
-        load_config(config)
+        load_run_config(config)
     config.write_text("data:\n  overlong_prompts: cut\n  train:\n    - {path: arithmetic:add}\n")
     with pytest.raises(ConfigError, match="data.overlong_prompts='cut'"):
-        load_config(config)
+        load_run_config(config)
     config.write_text("data:\n  train:\n    - {path: 'reasoning_gym:graph_color', size: 10, split: null}\n")
-    assert load_config(config).data.train[0].size == 10
+    assert load_run_config(config).data.train[0].size == 10

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from megatron_prorl import cli
-from megatron_prorl.config import DataConfig, DataSourceConfig, load_config
+from megatron_prorl import cli, domains
+from megatron_prorl.config import DataConfig, DataSourceConfig
+from megatron_prorl.train.validate import load_run_config
 from megatron_prorl.data import BadRowWarning, load_data, load_source, save_rows
 from megatron_prorl.data import prepare as prep
 from megatron_prorl.data import reasoning_gym_mix as mix
@@ -44,7 +45,7 @@ def run_prepare(capsys, *args) -> tuple[int, str, str]:
 def paper_data(out: Path) -> DataConfig:
     os.environ["PRORL_DATA"] = str(out)
     try:
-        return load_config(PAPER_CONFIG).data
+        return load_run_config(PAPER_CONFIG).data
     finally:
         del os.environ["PRORL_DATA"]
 
@@ -270,9 +271,11 @@ def test_a_hub_dataset_is_read_through_datasets(fixtures, tmp_path, capsys, monk
 
 
 def test_default_sources_are_the_public_datasets():
-    assert {d: p.format for d, p in prep.PUBLIC.items()} == {
+    public = {d: domains.get(d).prepare for d in prep.default_domains() if domains.get(d).prepare.source}
+    assert {d: p.format for d, p in public.items()} == {
         "math": "deepscaler", "code": "eurus2", "stem": "scp116k", "ifeval": "llama_nemotron_if"}
-    assert prep.PUBLIC["ifeval"].source.endswith("?name=RL&split=instruction_following")
+    assert public["ifeval"].source.endswith("?name=RL&split=instruction_following")
+    assert prep.default_domains() == ("math", "code", "stem", "ifeval", "logic")
 
 
 def bad_file(tmp_path: Path, name: str, content: bytes) -> Path:

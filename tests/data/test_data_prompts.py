@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_prorl.data import INSTRUCTIONS, Row, encode_prompt, render_prompt
+from megatron_prorl import domains
+from megatron_prorl.data import Row, encode_prompt, render_prompt
+
+INSTRUCTIONS = {name: domains.get(name).instruction for name in domains.names()}
 from megatron_prorl.data.prompts import prompt_lengths
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from megatron_prorl.config import RewardsConfig
 from megatron_prorl.rewards import CodeExecutionDisabled, GroundTruthError, score, score_detailed
-from megatron_prorl.rewards.code_reward import stdout_matches, values_match
+from megatron_prorl.domains.code import stdout_matches, values_match
 
 ADD_TESTS = {"inputs": ["1 2\n", "3 4\n", "10 -5\n"], "outputs": ["3\n", "7\n", "5\n"]}
 FAST = RewardsConfig(code_timeout_s=1.5)

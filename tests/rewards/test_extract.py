@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_prorl.rewards import VERIFIERS, score_detailed
-from megatron_prorl.rewards.text import answer_part, answer_tag, boxed_answers, last_code_block
+from megatron_prorl.domains import DOMAINS
+from megatron_prorl.rewards import score_detailed
+from megatron_prorl.domains.text import answer_part, answer_tag, boxed_answers, last_code_block
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -60,19 +61,19 @@ def test_answer_tag_and_code_block():
     assert last_code_block("```cpp\nint main(){}\n```") is None
 
 
-@pytest.mark.parametrize("domain", sorted(VERIFIERS))
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
 def test_truncated_scores_zero_and_flags(domain):
     # A response cut at the length limit is 0 and flagged, whatever it contains.
     result = score_detailed(domain, "\\boxed{1} <answer>1</answer> ```python\nprint(1)\n```", "1", finished=False)
     assert (result.reward, result.truncated, result.reason) == (0.0, True, "truncated")
 
 
-@pytest.mark.parametrize("domain", sorted(VERIFIERS))
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
 def test_unclosed_think_has_no_answer(domain):
     result = score_detailed(domain, "<think>\\boxed{1} <answer>1</answer>", "1")
     assert (result.reward, result.reason, result.truncated) == (0.0, "unclosed <think>", False)
 
 
 def test_unknown_domain_raises():
-    with pytest.raises(ValueError, match="unknown reward domain 'chess'"):
+    with pytest.raises(ValueError, match="unknown task domain 'chess'"):
         score_detailed("chess", "e4", "e4")

@@ -9,7 +9,7 @@ import pytest
 
 from megatron_prorl.config import RewardsConfig
 from megatron_prorl.rewards import GroundTruthError, score, score_detailed
-from megatron_prorl.rewards.ifeval import CHECKS, split_sentences
+from megatron_prorl.domains.ifeval import CHECKS, split_sentences
 
 TEN_WORDS = "one two three four five six seven eight nine ten"
 ENGLISH = "the quick brown fox jumps over the lazy dog while the farmer watches from the old barn"
@@ -154,5 +154,5 @@ def test_postscript_marker_counts_anywhere(marker, text, followed):
     ("E.G. 3.14 A", 2),
 ])
 def test_capitalised_words(text, capitalised):
-    check = CHECKS["change_case:capital_word_frequency"]
+    check = CHECKS.get("change_case:capital_word_frequency")
     assert check(text, capital_frequency=capitalised, capital_relation="exactly")

@@ -76,7 +76,7 @@ PAPERS_AND_BINS = "There are \\boxed{1} papers and \\boxed{2} bins."  # a refere
 def test_math_multi_part_answers_are_read_as_math_verify_reads_them(response, gold, reward):
     from math_verify import parse, verify
 
-    from megatron_prorl.rewards.math_reward import _extraction_config
+    from megatron_prorl.domains.math import _extraction_config
 
     assert score_detailed("math", response, gold).reward == reward
     # Math-Verify itself, on the raw texts (both boxed), agrees.

@@ -28,7 +28,7 @@ import pytest
 
 from megatron_prorl.config import RewardsConfig
 from megatron_prorl.sandbox import confine
-from megatron_prorl.rewards.code_reward import STARTUP_GRACE_S, verify_code
+from megatron_prorl.domains.code import STARTUP_GRACE_S, verify_code
 from megatron_prorl.sandbox.sandbox import NOBODY, Sandbox, SandboxUnavailable
 
 REPO = Path(__file__).resolve().parents[2]

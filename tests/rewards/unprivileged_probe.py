@@ -8,7 +8,7 @@ import os
 import sys
 
 from megatron_prorl.config import RewardsConfig
-from megatron_prorl.rewards.code_reward import verify_code
+from megatron_prorl.domains.code import verify_code
 from megatron_prorl.sandbox.sandbox import Sandbox, SandboxUnavailable
 
 PROGRAMS = {

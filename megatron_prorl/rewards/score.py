@@ -1,37 +1,31 @@
-"""The per-domain verifier registry and the single-item entry points.
+"""Scoring one response: the rules common to every domain, then the domain's verifier.
 
-A verifier is ``fn(answer, ground_truth, cfg) -> RewardResult`` where ``answer`` is the
-response's text after its reasoning (after ``</think>``). The rules common to every domain live
-here, once: a response cut at the length limit scores 0 and is flagged ``truncated``; an
-unclosed ``<think>`` has no answer; the reasoning never counts as the answer.
+A verifier (:attr:`megatron_prorl.domains.Domain.verify`) is ``fn(answer, ground_truth, cfg) ->
+RewardResult`` where ``answer`` is the response's text after its reasoning (after
+``</think>``). The rules common to every domain live here, once: a response cut at the length
+limit scores 0 and is flagged ``truncated``; an unclosed ``<think>`` has no answer; the
+reasoning never counts as the answer.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from megatron_prorl import domains
 from megatron_prorl.config import RewardsConfig
-from megatron_prorl.registry import Registry
-from megatron_prorl.rewards.result import RewardResult, format_failure
-from megatron_prorl.rewards.text import answer_part
+from megatron_prorl.domains import Domain, Verifier, register_domain
+from megatron_prorl.domains.result import RewardResult, format_failure
+from megatron_prorl.domains.text import answer_part
 
-Verifier = Callable[[str, Any, RewardsConfig], RewardResult]
-
-# Domain -> verifier. A domain registered here is valid in data rows and configs too.
-VERIFIERS: Registry[Verifier] = Registry("reward domain", {
-    "math": "megatron_prorl.rewards.math_reward:verify_math",
-    "code": "megatron_prorl.rewards.code_reward:verify_code",
-    "stem": "megatron_prorl.rewards.stem_reward:verify_stem",
-    "logic": "megatron_prorl.rewards.logic_reward:verify_logic",
-    "ifeval": "megatron_prorl.rewards.ifeval:verify_ifeval",
-})
 _DEFAULT_CFG = RewardsConfig()
 
 
 def register_verifier(domain: str, fn: Verifier, *, replace: bool = False) -> Verifier:
-    """Add a domain (``replace=True`` to replace one). A module-level (picklable) function also
+    """Add a domain that has only a verifier (``replace=True`` to replace one): shorthand for
+    ``register_domain(Domain(domain, verify=fn))``. A module-level (picklable) function also
     reaches RewardPool workers started afterwards."""
-    return VERIFIERS.register(domain, fn, replace=replace)
+    register_domain(Domain(domain, verify=fn), replace=replace)
+    return fn
 
 
 def score_detailed(domain: str, response: str, ground_truth: Any, *, finished: bool = True,
@@ -40,7 +34,7 @@ def score_detailed(domain: str, response: str, ground_truth: Any, *, finished: b
 
     Format failures give reward 0 and a reason; a malformed ground truth or an unknown domain
     raises (a data bug must not silently become zero rewards)."""
-    verifier = VERIFIERS.get(domain)
+    verifier = domains.get(domain).verify
     if not finished:
         return RewardResult(0.0, "truncated", truncated=True)
     if not isinstance(response, str):

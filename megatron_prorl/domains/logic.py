@@ -11,8 +11,9 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
-from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure, ground_truth_json
-from megatron_prorl.rewards.text import answer_tag
+from megatron_prorl.domains import Domain, PrepareSource
+from megatron_prorl.domains.result import GroundTruthError, RewardResult, format_failure, ground_truth_json
+from megatron_prorl.domains.text import answer_tag
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RewardsConfig
@@ -45,3 +46,28 @@ def verify_logic(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardRe
     if not math.isfinite(reward):
         reward = 0.0
     return RewardResult(min(max(reward, 0.0), 1.0), details={"answer": text[:200]})
+
+
+def check_ground_truth(gt: Any) -> None:
+    if not isinstance(gt, dict) or not isinstance(gt.get("task"), str) or not isinstance(gt.get("entry"), dict):
+        raise ValueError("logic ground_truth must be {'task': str, 'entry': dict}")
+    entry = gt["entry"]
+    if not isinstance(entry.get("question"), str) or not isinstance(entry.get("metadata"), dict):
+        raise ValueError("logic entry needs a 'question' string and a 'metadata' dict")
+    from reasoning_gym.factory import DATASETS  # late: a 2 s import, needed only for logic rows
+
+    if gt["task"] not in DATASETS:
+        raise ValueError(f"unknown reasoning_gym task {gt['task']!r}")
+
+
+def warm(cfg) -> None:
+    import reasoning_gym  # noqa: F401  (imports every generator: seconds)
+
+
+# Generated offline from Reasoning Gym (the mix: megatron_prorl/data/reasoning_gym_mix.py); the
+# headline is the mean of its continuous rewards (the paper's).
+DOMAIN = Domain(
+    "logic", verify=verify_logic, check_ground_truth=check_ground_truth, warm=warm,
+    instruction="Think step by step, then give your final answer inside <answer></answer> tags.",
+    prepare=PrepareSource(generate="megatron_prorl.data.reasoning_gym_mix:generate"),
+    title="Logic puzzles", order=4, headline="mean reward", structured_ground_truth=True)

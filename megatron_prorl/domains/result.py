@@ -53,3 +53,9 @@ def ground_truth_json(value: Any, domain: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise GroundTruthError(f"{domain} ground_truth is a string but not JSON: {value!r:.200}") from exc
+
+
+def show(value: Any) -> str:
+    """A value as error messages quote it: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

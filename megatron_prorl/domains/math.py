@@ -10,7 +10,7 @@ worker's main thread.
 
 An answer in several boxes, in the response (``x = \\boxed{3}, y = \\boxed{5}``) or in the
 reference (``\\boxed{1} papers and \\boxed{2} bins``), is read as Math-Verify 0.9.0 reads it:
-the final run of boxes (:func:`~megatron_prorl.rewards.text.boxed_answers`) joined with commas
+the final run of boxes (:func:`~megatron_prorl.domains.text.boxed_answers`) joined with commas
 into one set, so every part must match, in any order (math_verify/parser.py ``extract_latex``,
 ``boxed="last"``; latex2sympy2_extended 1.11.0 ``extract_boxed_content``). As there, a part
 holding a thousands separator ("1,000") splits at it.
@@ -23,8 +23,9 @@ import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
-from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
-from megatron_prorl.rewards.text import boxed_answers
+from megatron_prorl.domains import Domain, PrepareSource
+from megatron_prorl.domains.result import GroundTruthError, RewardResult, format_failure, show
+from megatron_prorl.domains.text import boxed_answers
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RewardsConfig
@@ -105,3 +106,21 @@ def verify_math(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardRes
     if all(isinstance(p, str) for p in parsed):  # Math-Verify kept only the raw string
         return format_failure("unparsable answer", answer=shown)
     return RewardResult(1.0 if ok else 0.0, details={"answer": shown})
+
+
+def check_ground_truth(gt: Any) -> None:
+    if not isinstance(gt, str) or not gt.strip():
+        raise ValueError(f"ground_truth must be a non-empty answer string, got {show(gt)}")
+
+
+def warm(cfg) -> None:
+    parse_answer("1")  # Math-Verify's grammars load on first use (seconds)
+
+
+# ProRL's instruction, verbatim (the embedded tiny model was trained on it too).
+INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
+
+DOMAIN = Domain(
+    "math", verify=verify_math, instruction=INSTRUCTION, check_ground_truth=check_ground_truth, warm=warm,
+    prepare=PrepareSource("hf:agentica-org/DeepScaleR-Preview-Dataset", "deepscaler"),
+    title="Math", order=0, headline="pass@1", answers=True)

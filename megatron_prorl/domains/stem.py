@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Optional
 
-from megatron_prorl.rewards.math_reward import answers_match, parse_gold, reference_answers
-from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure
-from megatron_prorl.rewards.text import boxed_answers
+from megatron_prorl.domains import Domain, PrepareSource
+from megatron_prorl.domains.math import INSTRUCTION, answers_match, check_ground_truth, parse_gold, reference_answers, warm
+from megatron_prorl.domains.result import GroundTruthError, RewardResult, format_failure
+from megatron_prorl.domains.text import boxed_answers
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RewardsConfig
@@ -73,3 +74,10 @@ def verify_stem(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardRes
         if ok:
             return RewardResult(1.0, details={"answer": shown})
     return RewardResult(float(_plain(shown) == _plain(", ".join(reference))), details={"answer": shown})
+
+
+# Multiple-choice keys (a letter) and short answers, both in \boxed{}: math's instruction and checks.
+DOMAIN = Domain(
+    "stem", verify=verify_stem, instruction=INSTRUCTION, check_ground_truth=check_ground_truth, warm=warm,
+    prepare=PrepareSource("hf:EricLu/SCP-116K", "scp116k"),
+    title="STEM", order=2, headline="pass@1", answers=True)

@@ -70,20 +70,17 @@ from collections import Counter
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
-from megatron_prorl.rewards.result import GroundTruthError, RewardResult, format_failure, ground_truth_json
+from megatron_prorl.domains import Domain, PrepareSource
+from megatron_prorl.domains.result import GroundTruthError, RewardResult, format_failure, ground_truth_json
+from megatron_prorl.registry import Registry
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RewardsConfig
 
-CHECKS: dict[str, Callable[..., bool]] = {}
-
-
-def check(instruction_id: str):
-    def register(fn: Callable[..., bool]) -> Callable[..., bool]:
-        CHECKS[instruction_id] = fn
-        return fn
-
-    return register
+# IFEval instruction id -> check(text, **kwargs) -> bool. More can be registered
+# (``CHECKS.register("my:constraint", fn)``) and are then valid in ground truths.
+CHECKS: Registry[Callable[..., bool]] = Registry("IFEval instruction id")
+check = CHECKS.register  # the decorator: @check("punctuation:no_comma")
 
 
 _RELATIONS = {
@@ -333,7 +330,7 @@ def _constraints(ground_truth: Any) -> list[tuple[str, dict]]:
     for instruction_id, kw in zip(ids, kwargs):
         if instruction_id not in CHECKS:
             raise GroundTruthError(f"ifeval instruction id {instruction_id!r} is not supported; "
-                                   f"known: {sorted(CHECKS)}")
+                                   f"known: {list(CHECKS.names())}")
         # Parquet-backed IFEval copies carry every kwarg name with null for the unused ones.
         out.append((instruction_id, {k: v for k, v in (kw or {}).items() if v is not None}))
     return out
@@ -347,7 +344,7 @@ def verify_ifeval(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardR
     followed = []
     for instruction_id, kwargs in constraints:
         try:
-            followed.append(bool(CHECKS[instruction_id](text, **kwargs)))
+            followed.append(bool(CHECKS.get(instruction_id)(text, **kwargs)))
         except TypeError as exc:
             raise GroundTruthError(f"ifeval {instruction_id}: bad kwargs {kwargs!r:.200}: {exc}") from exc
     fraction = sum(followed) / len(followed)
@@ -355,3 +352,26 @@ def verify_ifeval(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardR
     reward = strict if cfg.ifeval_strict else fraction
     return RewardResult(reward, details={"followed": [[c[0], ok] for c, ok in zip(constraints, followed)],
                                          "fraction": fraction, "all": strict})
+
+
+def check_ground_truth(gt: Any) -> None:
+    if not isinstance(gt, dict):
+        raise ValueError(f"ifeval ground_truth must be a dict, got {type(gt).__name__}")
+    ids, kwargs = gt.get("instruction_id_list"), gt.get("kwargs")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        raise ValueError("instruction_id_list must be a non-empty list of strings")
+    if not isinstance(kwargs, list) or len(kwargs) != len(ids) or not all(isinstance(k, dict) for k in kwargs):
+        raise ValueError("kwargs must be a list of dicts, one per instruction id")
+
+
+def warm(cfg) -> None:
+    detect_language("warm up the language profiles")
+
+
+# IFEval prompts state their constraints themselves: no instruction is added. Scored on the text
+# after </think>; the headline is the mean fraction of constraints followed (the paper's).
+DOMAIN = Domain(
+    "ifeval", verify=verify_ifeval, check_ground_truth=check_ground_truth, warm=warm,
+    prepare=PrepareSource("hf:nvidia/Llama-Nemotron-Post-Training-Dataset?name=RL&split=instruction_following",
+                          "llama_nemotron_if"),
+    title="Instruction following", order=3, headline="mean reward", structured_ground_truth=True)

@@ -26,9 +26,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from megatron_prorl.rewards.result import (CodeExecutionDisabled, GroundTruthError, RewardResult, format_failure,
-                                           ground_truth_json)
-from megatron_prorl.rewards.text import last_code_block
+from megatron_prorl.domains import Domain, PrepareSource
+from megatron_prorl.domains.result import (CodeExecutionDisabled, GroundTruthError, RewardResult, format_failure,
+                                           ground_truth_json, show)
+from megatron_prorl.domains.text import last_code_block
 from megatron_prorl.sandbox import harness
 from megatron_prorl.sandbox.sandbox import Limits, Sandbox
 
@@ -180,3 +181,38 @@ def verify_code(answer: str, ground_truth: Any, cfg: RewardsConfig, sandbox: Opt
         status = observed.get("status")
         outcomes.append("passed" if ok else ("wrong_answer" if status == "ok" else status))
     return RewardResult(passed / len(tests), details={"passed": passed, "total": len(tests), "tests": outcomes})
+
+
+def check_ground_truth(gt: Any) -> None:
+    if not isinstance(gt, dict):
+        raise ValueError(f"code ground_truth must be a dict of tests, got {type(gt).__name__}")
+    inputs, outputs = gt.get("inputs"), gt.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list):
+        raise ValueError("code ground_truth needs 'inputs' and 'outputs' lists")
+    if not inputs or len(inputs) != len(outputs):
+        raise ValueError(f"code ground_truth has {len(inputs)} inputs and {len(outputs)} outputs "
+                         "(need as many of each, at least one)")
+    fn_name = gt.get("fn_name")
+    if fn_name is not None:
+        if not isinstance(fn_name, str) or not fn_name:
+            raise ValueError(f"fn_name must be a non-empty string, got {show(fn_name)}")
+        if not all(isinstance(args, list) for args in inputs):
+            raise ValueError("function-call tests need each input to be a list of arguments")
+    elif not all(isinstance(x, str) for x in inputs + outputs):
+        raise ValueError("stdin/stdout tests need string inputs and outputs")
+    limit = gt.get("time_limit_s")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise ValueError(f"time_limit_s must be a positive number, got {show(limit)}")
+
+
+def warm(cfg: RewardsConfig) -> Optional[dict]:
+    """Probe the sandbox once per worker; its description is what the pool reports."""
+    return sandbox_for(cfg.sandbox, cfg.code_python).describe() if cfg.allow_code_execution else None
+
+
+DOMAIN = Domain(
+    "code", verify=verify_code, check_ground_truth=check_ground_truth, warm=warm,
+    instruction=("Write a Python program that solves the problem. Put your final solution in a single "
+                 "fenced code block: ```python ... ```."),
+    prepare=PrepareSource("hf:PRIME-RL/Eurus-2-RL-Data", "eurus2"),
+    title="Code", order=1, headline="pass@1", structured_ground_truth=True)
