@@ -51,8 +51,8 @@ def prorl(*args, env: dict | None = None, **kwargs) -> subprocess.Popen:
                             start_new_session=True, **kwargs)
 
 
-def run_ok(*args, timeout=600) -> str:
-    proc = prorl(*args)
+def run_ok(*args, timeout=600, env: dict | None = None) -> str:
+    proc = prorl(*args, env=env)
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
     return out
