@@ -146,6 +146,38 @@ def test_nonfinite_updates_are_skipped_then_abort():
     assert "optim.max_consecutive_nonfinite=2" in raised
 
 
+class _NoReads:
+    """Stands in for cfg.algo once the actor is built: any read of a setting fails."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"cfg.algo.{name} read after the actor was built")
+
+
+def _loss_settings_bound_at_construction():
+    from megatron_prorl.algo import PolicyObjective
+    from megatron_prorl.runtime.distributed import shutdown_distributed
+
+    actor = _actor(algo__kl_estimator="k2", algo__entropy_coef=0.01)
+    built_from_config = actor.objective == PolicyObjective.from_config(actor.cfg.algo)
+    batch = _batch([1.0, -1.0, 0.5, -0.5])
+    batch.old_logprobs, _ = actor.forward_logprobs(batch, T)
+    batch.ref_logprobs = batch.old_logprobs - 0.5  # a reference away from the policy: KL > 0
+    actor.cfg.algo = _NoReads()
+    metrics = [actor.forward_backward(batch, T, kl_beta) for kl_beta in (0.0, 0.5)]
+    shutdown_distributed()
+    return built_from_config, metrics
+
+
+def test_the_loss_is_built_once_and_takes_kl_beta_per_call():
+    """forward_backward reads no cfg.algo setting (they are bound in actor.objective); the
+    stage's kl_beta, given per call, adds exactly kl_beta * KL to the loss."""
+    built_from_config, (m0, m1) = spawn(_loss_settings_bound_at_construction, 1)[0]
+    assert built_from_config
+    assert m1["kl"] == pytest.approx(0.5 ** 2 / 2) and m0["kl"] == m1["kl"]  # k2 of a log-ratio of 0.5
+    assert m0["pg_loss"] == m1["pg_loss"] and m0["entropy"] == m1["entropy"] > 0
+    assert m1["loss"] - m0["loss"] == pytest.approx(0.5 * m1["kl"], rel=1e-6)
+
+
 def _fp16_overflow():
     from helpers.devsim import simulated_cuda
 

@@ -14,8 +14,9 @@ A policy loss is registered per token: ``fn(log_ratio, advantages, mask, *, eps_
 **kwargs) -> (loss_tok [B, T], indicators)`` where ``log_ratio = logp - old_logp`` (finite, 0
 off-mask), ``advantages`` is ``[B, T]`` and ``indicators`` maps metric names to ``[B, T]``
 bool/float tensors that :func:`policy_loss` averages over response tokens. Extra keyword
-arguments of :func:`policy_loss` / :func:`total_loss` reach the loss as they are; the trainer
-passes ``clip_ratio_c`` (``algo.clip_ratio_c``), so a loss that has no use for it takes ``**_``.
+arguments of :func:`policy_loss` / :func:`total_loss` reach the loss as they are; the training
+objective (:mod:`megatron_prorl.algo.objective`) passes ``clip_ratio_c`` (``algo.clip_ratio_c``),
+so a loss that has no use for it takes ``**_``.
 Masking, truncated importance sampling and aggregation are done once, here, for every
 registered loss.
 """

@@ -4,7 +4,8 @@ One ``PolicyActor`` per rank. Policy and reference share the parallel layout (sa
 shards), so a reference reset is a local copy. Every rank of a data-parallel replica holds the
 same ``TrainBatch`` (its share of the rollouts); log-probs live on the last pipeline stage, and
 metrics are broadcast so every rank returns the same numbers. The settings a training stage
-changes (temperature, KL coefficient) come with each call; the config is only read.
+changes (temperature, KL coefficient) come with each call; the config is only read, and the
+loss's settings (``cfg.algo``) only once, into ``self.objective``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_prorl.runtime import device
-from megatron_prorl.algo import MAX_METRICS, normalisers, tis_weights, total_loss
+from megatron_prorl.algo import MAX_METRICS, PolicyObjective, normalisers
 from megatron_prorl.train.batch import TrainBatch
 from megatron_prorl.config import ProRLConfig
 from megatron_prorl.models.builder import HFArch, build_gpt_model, padded_vocab_size, resolve_dtype
@@ -61,6 +62,7 @@ class PolicyActor:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
         self.cfg, self.arch = cfg, arch
+        self.objective = PolicyObjective.from_config(cfg.algo)
         self.state = ActorState()
         tp = cfg.parallel.tensor_model_parallel_size
         self._vocab_start = ps.get_tensor_model_parallel_rank() * padded_vocab_size(arch.vocab_size, tp) // tp
@@ -184,22 +186,16 @@ class PolicyActor:
     def forward_backward(self, mb: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
         """Loss and gradients of one mini-batch (grads left in the DDP buffers, reduced over DP);
         returns the loss metrics, identical on every rank."""
-        a = self.cfg.algo
         counts = torch.stack([c.float() for c in normalisers(mb.loss_mask)])
         dist.all_reduce(counts, group=_dp_group())
         num_tokens, num_seqs = counts[0].clamp(min=1), counts[1].clamp(min=1)
 
         def loss_fn(m, logits):
             logprobs, entropy = self._loss_inputs(m, logits, temperature)
-            weights = None
-            if a.tis_cap is not None and m.get("engine_logprobs") is not None:
-                weights = tis_weights(logprobs, m["engine_logprobs"], a.tis_cap)
-            return total_loss(
-                logprobs, m["old_logprobs"], m["advantages"], m["loss_mask"],
-                ref_logprobs=m.get("ref_logprobs"), entropy=entropy if a.entropy_coef else entropy.detach(),
-                kl_beta=kl_beta, kl_estimator=a.kl_estimator, kl_clamp=a.kl_clamp, entropy_coef=a.entropy_coef,
-                policy_loss_kind=a.policy_loss, eps_low=a.eps_low, eps_high=a.eps_high, agg=a.loss_agg,
-                tis_weights=weights, num_tokens=num_tokens, num_seqs=num_seqs, clip_ratio_c=a.clip_ratio_c)
+            return self.objective(
+                logprobs, m["old_logprobs"], m["advantages"], m["loss_mask"], kl_beta=kl_beta,
+                ref_logprobs=m.get("ref_logprobs"), entropy=entropy, engine_logprobs=m.get("engine_logprobs"),
+                num_tokens=num_tokens, num_seqs=num_seqs)
 
         self.policy.train()
         self.policy.zero_grad_buffer()
