@@ -208,8 +208,8 @@ class Sampler:
     def sample(self, source: EvalSource, chunk: int, seed: int) -> list[dict]:
         """The scored responses of one chunk of ``source``, as samples.jsonl records."""
         from megatron_prorl.data import encode_prompt
-        from megatron_prorl.train.experience import generate_groups, response_texts
         from megatron_prorl.rollout import SamplingParams
+        from megatron_prorl.rollout.generate import generate_groups, response_texts
 
         s = self.settings
         first = chunk * s.chunk_problems

@@ -37,12 +37,13 @@ from megatron_prorl.algo.reset import ResetTrigger
 from megatron_prorl.config import ProRLConfig, to_yaml
 from megatron_prorl.data import MixedSampler, domain_mix_weights, encode_prompt, load_data
 from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
-from megatron_prorl.train.experience import Group, generate_groups, group_stats, max_response_length, to_train_batch
+from megatron_prorl.train.experience import group_stats, max_response_length, to_train_batch
 from megatron_prorl.train.metrics import MetricsLogger
 from megatron_prorl.models.builder import resolve_dtype, resolve_hf_dir
 from megatron_prorl.runtime.process import STOP_SIGNALS
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
 from megatron_prorl.rollout.base import eos_token_ids
+from megatron_prorl.rollout.generate import Group, generate_groups
 from megatron_prorl.train.stages import Stage, resolve_stages, stage_of, total_steps
 from megatron_prorl.train.validate import validate
 
