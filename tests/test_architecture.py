@@ -16,7 +16,7 @@ PACKAGES = ("megatron_prorl", "checkpoint_convert")
 # Each part of megatron_prorl (a subpackage, or a module at its root) and its layer: a part may
 # import only from lower layers (and checkpoint_convert, a package of its own below them all).
 LAYERS = {
-    "config": 0, "registry": 0, "builtin": 0, "tokenizer": 0,
+    "config": 0, "registry": 0, "builtin": 0, "tokenizer": 0, "plotting": 0,
     "errors": 1, "sandbox": 1,
     "plugins": 2, "runtime": 2, "algo": 2,
     "domains": 3, "models": 3,

@@ -76,14 +76,10 @@ def _markdown(result: dict, runs) -> str:
 
 
 def _plot(runs, rows: dict, path: Path) -> None:
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    from megatron_prorl.train.plot import STYLE, DPI
+    from megatron_prorl.plotting import figure  # late: matplotlib only when a chart is drawn
 
     labels = [label for label, _ in runs]
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(14, 4.4 * len(rows)), layout="constrained")
+    with figure(path, (14, 4.4 * len(rows))) as fig:
         axes = fig.subplots(len(rows), 2, squeeze=False)
         for (curves, trend), (name, row) in zip(axes, rows.items()):
             draw_pass_at_k(curves, name, runs)
@@ -93,4 +89,3 @@ def _plot(runs, rows: dict, path: Path) -> None:
             trend.set_xticks(list(x), [short(label, 24) for label in labels], rotation=20, ha="right")
             trend.set(title=short(f"{row['regime']}: {name}"), ylabel="score", ylim=(0, 1.02))
             trend.legend(loc="best", framealpha=0.8)
-        fig.savefig(path, dpi=DPI)

@@ -208,23 +208,18 @@ def draw_pass_at_k(ax, name: str, runs: Sequence[tuple[str, dict]]) -> None:
 
 def plot_pass_at_k(runs: Sequence[tuple[str, dict]], path: Path, title: str) -> Path:
     """pass@k against k: one panel per benchmark, one curve per run."""
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    from megatron_prorl.train.plot import STYLE, DPI
+    from megatron_prorl.plotting import figure  # late: matplotlib only when a chart is drawn
 
     names = list(dict.fromkeys(n for _, results in runs for n, _ in benchmarks(results)))
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(6.3 * cols, 4.6 * rows), layout="constrained")
+    with figure(path, (6.3 * cols, 4.6 * rows)) as fig:
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, name in zip(axes, names):
             draw_pass_at_k(ax, name, runs)
         for ax in axes[len(names):]:
             ax.set_visible(False)
         fig.suptitle(title)
-        fig.savefig(path, dpi=DPI)
     return path
 
 

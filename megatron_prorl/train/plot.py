@@ -25,16 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
+from megatron_prorl.plotting import figure
 from megatron_prorl.train.metrics import read_metrics
 
 PLOTS_DIR = "plots"
-DPI = 110
 # Domains keep one colour across charts; red and purple are left to the event lines.
 _DOMAIN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:cyan", "tab:brown", "tab:pink",
                   "tab:olive", "tab:gray")
@@ -49,9 +47,6 @@ _LABELS = {"reward/mean": "all domains", "val/score": "blended score", "time/ste
            "clip_frac_low": "low (1 - eps_low)", "clip_frac_high": "high (1 + eps_high)",
            "clip_frac_dual": "dual (c x |A| cap)",
            "ratio_mean": "mean", "ratio_max": "max"}
-STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.titleweight": "bold", "axes.labelsize": 11,
-          "legend.fontsize": 9, "figure.titlesize": 15, "axes.grid": True, "grid.alpha": 0.3,
-          "axes.spines.top": False, "axes.spines.right": False}
 
 
 @dataclass(frozen=True)
@@ -317,16 +312,14 @@ def plot_records(records: Sequence[dict], out_dir: str | Path, run_name: str = "
             continue
         skipped += [f"{chart.name}.png: panel '{p.title}' left out (no {', '.join(p.keys)})" for p in missing]
         rows, cols, size = _grid(len(panels))
-        with matplotlib.rc_context(STYLE):
-            fig = Figure(figsize=size, layout="constrained")
+        path = out_dir / f"{chart.name}.png"
+        with figure(path, size) as fig:
             axes = fig.subplots(rows, cols, squeeze=False).ravel()
             for i, (ax, panel) in enumerate(zip(axes, panels)):
                 plotter.draw(ax, panel, label_events=i < cols)
             for ax in axes[len(panels):]:
                 ax.set_visible(False)
             fig.suptitle(f"{chart.title}: {run_name or 'run'} (up to step {plotter.last_step})")
-            path = out_dir / f"{chart.name}.png"
-            fig.savefig(path, dpi=DPI)
         written.append(path)
     return written, skipped
 
