@@ -50,7 +50,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=_D.limit, help="only the first N problems of each source")
     p.add_argument("--chunk-problems", type=int, default=_D.chunk_problems,
                    help="problems per engine call and per resume unit (default %(default)s)")
-    p.add_argument("--engine", default=_D.engine, help="auto, transformers or tensorrt_llm (default %(default)s)")
+    p.add_argument("--engine", default=_D.engine,
+                   help="auto (TensorRT-LLM where it can run, else transformers), transformers, tensorrt_llm, or an "
+                   "engine registered with megatron_prorl.rollout.register_engine (default %(default)s)")
     p.add_argument("--dtype", default=_D.dtype, help="auto, fp32, bf16 or fp16 (default %(default)s)")
     p.add_argument("--engine-max-batch-size", type=int, default=_D.engine_max_batch_size,
                    help="transformers engine: rows (problems x samples) per forward")

@@ -30,7 +30,6 @@ from megatron_prorl.eval.sources import EvalSource, load_sources
 
 SAMPLES_FILE = "samples.jsonl"
 CONFIG_FILE = "eval_config.json"
-ENGINES = ("auto", "transformers", "tensorrt_llm")
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,8 @@ class EvalSettings:
     # Evaluate only the first N problems of each source (None: all).
     limit: Optional[int] = None
     chunk_problems: int = 32
-    # "auto": TensorRT-LLM where it can run (CUDA and the package), else transformers.
+    # "auto" (TensorRT-LLM where it can run, else transformers: rollout.resolve_engine) or a
+    # name registered in megatron_prorl.rollout.ENGINES.
     engine: str = "auto"
     # "auto": bf16 on GPU, fp32 on CPU.
     dtype: str = "auto"
@@ -59,19 +59,19 @@ class EvalSettings:
     engine_max_batch_size: Optional[int] = None
 
     def check(self) -> None:
-        for name in ("samples", "max_new_tokens", "size", "chunk_problems"):
+        from megatron_prorl.rollout.base import check_sampling, engine_choices  # late: --help stays torch-free
+
+        check_sampling(n=("--samples", self.samples), temperature=("--temperature", self.temperature),
+                       top_p=("--top-p", self.top_p), max_new_tokens=("--max-new-tokens", self.max_new_tokens))
+        for name in ("size", "chunk_problems"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be >= 1")
         for name in ("max_prompt_length", "limit", "engine_max_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={value}: must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature={self.temperature}: must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p={self.top_p}: must be in (0, 1]")
-        if self.engine not in ENGINES:
-            raise ValueError(f"--engine={self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if self.engine not in engine_choices():
+            raise ValueError(f"--engine={self.engine!r}: expected one of {', '.join(engine_choices())}")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"--dtype={self.dtype!r}: expected auto, fp32, bf16 or fp16")
 
@@ -170,7 +170,7 @@ class Sampler:
         from transformers import AutoTokenizer
 
         from checkpoint_convert.arch import read_hf_config
-        from megatron_prorl.runtime import accelerator, device
+        from megatron_prorl.runtime import device
         from megatron_prorl.config import ModelConfig, RewardsConfig, RolloutConfig
         from megatron_prorl.models.builder import resolve_dtype
         from megatron_prorl.rewards import RewardPool
@@ -179,13 +179,10 @@ class Sampler:
 
         self.settings = settings
         self.tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
-        name = settings.engine
-        if name == "auto":
-            name = "transformers" if accelerator.missing_for_tensorrt_llm() else "tensorrt_llm"
         hf_config = read_hf_config(hf_dir)
         pad = self.tokenizer.pad_token_id
         self.engine = build_engine_from_config(
-            RolloutConfig(engine=name, engine_max_batch_size=settings.engine_max_batch_size),
+            RolloutConfig(engine=settings.engine, engine_max_batch_size=settings.engine_max_batch_size),
             hf_config=hf_config, hf_dir=str(hf_dir), eos_token_ids=eos_token_ids(hf_dir, self.tokenizer.eos_token_id),
             pad_token_id=pad if pad is not None else 0, device=device.current(),
             dtype=resolve_dtype(ModelConfig(dtype=settings.dtype)))

@@ -23,6 +23,7 @@ from checkpoint_convert.buckets import Bucket
 from megatron_prorl.registry import Registry
 
 from megatron_prorl.config import ConfigError, RolloutConfig, choice
+from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
 
 FINISH_REASONS = ("eos", "stop", "length")
 
@@ -178,6 +179,20 @@ ENGINES: Registry[type[RolloutEngine]] = Registry("rollout engine", {
     "tensorrt_llm": "megatron_prorl.rollout.trtllm:TensorRTLLMEngine",
 })
 register_engine = ENGINES.register
+AUTO_ENGINE = "auto"
+
+
+def engine_choices() -> tuple[str, ...]:
+    """What an engine setting accepts: "auto" and every registered engine."""
+    return (AUTO_ENGINE, *ENGINES.names())
+
+
+def resolve_engine(name: str) -> str:
+    """The registered engine ``name`` stands for: "auto" is TensorRT-LLM where it can run (CUDA
+    and the package), else transformers; any other name is itself."""
+    if name != AUTO_ENGINE:
+        return name
+    return "transformers" if missing_for_tensorrt_llm() else "tensorrt_llm"
 
 
 def build_engine(name: str, **kwargs: Any) -> RolloutEngine:
@@ -186,6 +201,6 @@ def build_engine(name: str, **kwargs: Any) -> RolloutEngine:
 
 
 def build_engine_from_config(cfg: RolloutConfig, **context: Any) -> RolloutEngine:
-    """Construct ``cfg.engine`` from the rollout config plus the model context
+    """Construct ``cfg.engine`` ("auto" resolved) from the rollout config plus the model context
     (see :meth:`RolloutEngine.from_rollout_config`)."""
-    return ENGINES.get(cfg.engine).from_rollout_config(cfg, **context)
+    return ENGINES.get(resolve_engine(cfg.engine)).from_rollout_config(cfg, **context)

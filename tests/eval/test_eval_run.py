@@ -131,3 +131,23 @@ def test_cut_writes_are_dropped_or_completed(tmp_path):
     records = _complete_chunks(path, [source], settings)
     assert len(records) == 6 and "response" not in records[0]
     assert path.read_text().endswith("}\n") and len(path.read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("field, flag, key, value", [
+    ("samples", "--samples", "n", 0),
+    ("temperature", "--temperature", "temperature", 0.0),
+    ("top_p", "--top-p", "top_p", 1.5),
+    ("max_new_tokens", "--max-new-tokens", "max_response_length", 0),
+])
+def test_sampling_settings_are_checked_as_training_checks_them(field, flag, key, value):
+    """One rule for sampling (rollout's check_sampling): eval's flags get training's messages."""
+    from megatron_prorl.config import ConfigError, RolloutConfig
+    from megatron_prorl.eval.run import EvalSettings
+    from megatron_prorl.rollout.base import check_config
+
+    with pytest.raises(ValueError) as in_eval:
+        EvalSettings(model="m", data=("a",), **{field: value}).check()
+    with pytest.raises(ConfigError) as in_training:
+        check_config(RolloutConfig(**{key: value}))
+    assert str(in_eval.value).startswith(f"{flag}={value}: must be ")
+    assert str(in_eval.value) == str(in_training.value).replace(f"rollout.{key}", flag)
