@@ -103,15 +103,15 @@ def test_load_data_names_sources_uniquely(fixtures):
 
 
 @pytest.mark.parametrize("policy", ["drop", "truncate"])
-def test_overlong_prompts(fixtures, char_tokenizer, policy):
+def test_overlong_prompts(fixtures, tokenizer, policy):
     cfg = DataConfig(train=[DataSourceConfig(path=str(fixtures / "taco.jsonl"), format="taco")],
                      overlong_prompts=policy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows = load_data(cfg).train[0].rows
-        lengths = prompt_lengths(char_tokenizer, rows)
+        lengths = prompt_lengths(tokenizer, rows)
         limit = sorted(lengths)[1]  # exactly one of the three prompts is longer
-        source = load_data(cfg, tokenizer=char_tokenizer, max_prompt_length=limit).train[0]
+        source = load_data(cfg, tokenizer=tokenizer, max_prompt_length=limit).train[0]
     if policy == "drop":
         assert len(source.rows) == 2 and source.dropped == {f"prompt over {limit} tokens": 1}
     else:
