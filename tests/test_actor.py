@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.hf_models import QWEN2
 from megatron_prorl.runtime.launch import spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 T = 1.2  # the rollout temperature the log-probs are taken at
 
-TINY = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, vocab_size=50, max_position_embeddings=64,
-            rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True)
+# Half the shared tiny Qwen2's width and vocabulary: many spawned ranks, each builds it.
+TINY = dict(QWEN2, hidden_size=32, intermediate_size=64, vocab_size=50, max_position_embeddings=64,
+            rope_theta=10000.0)
 
 
 def _actor(tp=1, pp=1, **overrides):

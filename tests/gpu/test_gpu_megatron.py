@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 from helpers.gpu import (
-    PAD,
+    MODEL,
     TEMPERATURE,
     Tolerance,
     cuda_missing,
@@ -31,8 +31,8 @@ from helpers.gpu import (
     tensor_parallel_size,
     transformer_engine_missing,
     update_once,
-    write_hf_dir,
 )
+from helpers.hf_models import PAD, write_hf_dir
 
 from megatron_prorl.runtime.launch import spawn
 from megatron_prorl.runtime.launcher_env import applied
@@ -98,7 +98,7 @@ def _policy_run(hf_dir: str, dtype: str, tp: int, transformer_impl: str, fp8, up
 def reference(tmp_path_factory):
     """The CPU fp32 path's log-probs (a rank that sees no GPU), transformers' fp32 and bf16 ones
     (the yardstick) and the control, all for the same weights and tokens."""
-    hf_dir = write_hf_dir(tmp_path_factory.mktemp("gpu_megatron") / "hf", seed=0)
+    hf_dir = write_hf_dir(tmp_path_factory.mktemp("gpu_megatron") / "hf", MODEL, seed=0)
     with applied(os.environ, {**os.environ, "CUDA_VISIBLE_DEVICES": ""}):
         cpu = spawn(_policy_run, 1, str(hf_dir), "fp32", 1, "local", None, False)[0]["logprobs"]
     prompts, responses = random_sequences(N_SEQ, seed=0)

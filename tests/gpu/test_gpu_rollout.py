@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.gpu import (
-    EOS,
     MODEL,
-    PAD,
     TEMPERATURE,
     Tolerance,
     cuda_missing,
@@ -28,8 +26,8 @@ from helpers.gpu import (
     tensor_parallel_size,
     trainer_recomputation,
     update_once,
-    write_hf_dir,
 )
+from helpers.hf_models import EOS, PAD, write_hf_dir
 
 from megatron_prorl.runtime.launch import spawn
 
@@ -120,7 +118,7 @@ def _sleep_wake_memory() -> dict:
 
 @pytest.fixture(scope="module")
 def engine_run(tmp_path_factory):
-    hf_dir = write_hf_dir(tmp_path_factory.mktemp("gpu_rollout") / "hf", seed=0)
+    hf_dir = write_hf_dir(tmp_path_factory.mktemp("gpu_rollout") / "hf", MODEL, seed=0)
     tp = tensor_parallel_size()
     return spawn(_engine_run, tp, str(hf_dir), tp, timeout=900)
 

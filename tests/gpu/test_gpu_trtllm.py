@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.gpu import (
-    EOS,
-    PAD,
+    MODEL,
     TEMPERATURE,
     Tolerance,
     gpu_marks,
@@ -28,8 +27,8 @@ from helpers.gpu import (
     start_policy,
     tensorrt_llm_missing,
     trainer_recomputation,
-    write_hf_dir,
 )
+from helpers.hf_models import EOS, PAD, write_hf_dir
 
 from megatron_prorl.runtime.launch import spawn
 
@@ -79,7 +78,7 @@ def _trtllm_run(engine_dir: str, policy_dir: str) -> dict:
 @pytest.fixture(scope="module")
 def trtllm_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_trtllm")
-    engine_dir, policy_dir = write_hf_dir(tmp / "engine", seed=0), write_hf_dir(tmp / "policy", seed=1)
+    engine_dir, policy_dir = write_hf_dir(tmp / "engine", MODEL, seed=0), write_hf_dir(tmp / "policy", MODEL, seed=1)
     return policy_dir, spawn(_trtllm_run, 1, str(engine_dir), str(policy_dir), timeout=1500)[0]
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from checkpoint_convert.arch import hf_arch
-from helpers.hf_configs import LLAMA3, QWEN2
+from helpers.hf_models import LLAMA3, QWEN2
 from megatron_prorl.runtime.launch import spawn
 
 

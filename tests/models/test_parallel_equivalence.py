@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.hf_models import QWEN2, write_hf_dir
 from megatron_prorl.runtime.launch import spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -109,19 +110,10 @@ def _collect(results):
 
 @pytest.fixture(scope="module")
 def hf_model_dir(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100, max_position_embeddings=64,
-                         tie_word_embeddings=False, rope_theta=10000.0)
-    model = Qwen2ForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():  # norms and biases too, so every mapping matters
-            p.normal_(0, 0.1)
-    path = tmp_path_factory.mktemp("qwen2") / "hf"
-    model.save_pretrained(path)
-    return str(path)
+    # 4 layers for PP=2; every tensor drawn (norms and biases too), so every mapping matters.
+    config = dict(QWEN2, num_hidden_layers=4, tie_word_embeddings=False)
+    return str(write_hf_dir(tmp_path_factory.mktemp("qwen2") / "hf", config, seed=0, every_tensor=True,
+                            tokenizer=False))
 
 
 @pytest.fixture(scope="module")

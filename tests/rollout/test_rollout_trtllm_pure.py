@@ -19,8 +19,8 @@ from typing import Optional
 
 import pytest
 import torch
-from rollout_models import EOS, PAD
 
+from helpers.hf_models import EOS, PAD
 from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
 from megatron_prorl.rollout import SamplingParams, build_engine
 from megatron_prorl.rollout import trtllm
