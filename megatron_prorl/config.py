@@ -130,7 +130,7 @@ class BatchConfig:
 @dataclass
 class RolloutConfig:
     # A name in megatron_prorl.rollout.ENGINES: "transformers" (CPU, and GPU fallback) or
-    # "tensorrt_llm" (GPU).
+    # "tensorrt_llm" (GPU); or "auto": TensorRT-LLM where it can run, else transformers.
     engine: str = "transformers"
     n: int = 16
     temperature: float = 1.2

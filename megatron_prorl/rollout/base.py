@@ -48,14 +48,14 @@ def check_sampling(**named: tuple[str, Any]) -> None:
 
 def check_config(r: RolloutConfig) -> None:
     """The engine is a registered one, and the sampling settings pass the sampling rules."""
-    choice("rollout.engine", r.engine, ENGINES.names())
+    choice("rollout.engine", r.engine, engine_choices())
     try:
         check_sampling(n=("rollout.n", r.n), temperature=("rollout.temperature", r.temperature),
                        top_p=("rollout.top_p", r.top_p),
                        max_new_tokens=("rollout.max_response_length", r.max_response_length))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if r.engine == "tensorrt_llm" and r.engine_tensor_parallel_size != 1:
+    if resolve_engine(r.engine) == "tensorrt_llm" and r.engine_tensor_parallel_size != 1:
         raise ConfigError(f"rollout.engine_tensor_parallel_size={r.engine_tensor_parallel_size}: the TensorRT-LLM "
                           "engine runs on its trainer rank's own GPU (1); several GPUs per engine are not "
                           "supported yet")

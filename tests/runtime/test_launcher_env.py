@@ -19,7 +19,7 @@ from megatron_prorl.runtime.launcher_env import (
     physical_gpu_ids,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRUN_ENV = {"SLURM_JOB_ID": "1", "SLURM_PROCID": "5", "PMI_RANK": "5", "PMIX_NAMESPACE": "x",
             "OMPI_COMM_WORLD_SIZE": "2", "MPI_LOCALRANKID": "0"}
 KEEP = {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "PATH": "/bin", "RANK": "5", "MASTER_PORT": "29500",

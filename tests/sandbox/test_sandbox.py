@@ -331,7 +331,7 @@ def test_unprivileged_user(capped_cgroup, host_dir):
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     try:
-        proc = subprocess.run(as_nobody + [str(REPO / "tests/rewards/unprivileged_probe.py"),
+        proc = subprocess.run(as_nobody + [str(REPO / "tests/sandbox/unprivileged_probe.py"),
                                            str(listener.getsockname()[1]), host_dir],
                               env=env, capture_output=True, text=True, cwd="/tmp", timeout=120)
         listener.setblocking(False)
