@@ -147,6 +147,11 @@ class RolloutConfig:
     # activations. Raise it for more concurrent sequences, lower it on an out-of-memory at the
     # first update.
     kv_cache_memory_fraction: float = 0.5
+    # TensorRT-LLM: a cap on the KV cache in bytes beside the fraction (KvCacheConfig.
+    # max_gpu_total_bytes): with both, the smaller size wins. A byte cap does not grow with what
+    # happens to be free when the engine starts (the trainer's allocator cache, another engine on
+    # the GPU), so the memory left for the trainer is known in advance. null: the fraction alone.
+    kv_cache_max_bytes: Optional[int] = None
     # Weight-sync bucket size in MB.
     sync_bucket_mb: int = 512
     # How shards reach the engine rank: "collective" (TP gather, PP send), "shared_memory" (CPU
@@ -397,6 +402,9 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
         raise ConfigError(str(exc)) from None
     if not 0 < r.kv_cache_memory_fraction <= 1:
         raise ConfigError(f"rollout.kv_cache_memory_fraction={r.kv_cache_memory_fraction}: must be in (0, 1]")
+    from megatron_prorl.rollout.trtllm import check_rollout_kv_cache_max_bytes  # late: keeps config import light
+
+    check_rollout_kv_cache_max_bytes(r.kv_cache_max_bytes)
     if r.engine_tensor_parallel_size < 1:
         raise ConfigError(f"rollout.engine_tensor_parallel_size={r.engine_tensor_parallel_size}: must be >= 1")
     if r.engine == "tensorrt_llm" and r.engine_tensor_parallel_size != 1:
