@@ -19,11 +19,16 @@ One rule for every tensor the trainer creates:
 
 Object collectives (``broadcast_object_list`` ...) need nothing: on a NCCL group torch stages
 them through the current CUDA device itself (torch 2.13, distributed_c10d._get_object_coll_device).
+
+Memory between the trainer and a colocated engine: torch's caching allocator keeps the blocks of
+freed tensors for reuse, and to every other process (the engine's workers) they stay in use.
+:func:`release_cached_memory` hands them back before the engine maps its memory again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 from typing import Optional, TypeVar
 
 import torch
@@ -61,6 +66,25 @@ def _move(obj, device: torch.device):
                  if isinstance(value := getattr(obj, f.name), torch.Tensor)}
         return dataclasses.replace(obj, **moved) if moved else obj
     return obj
+
+
+def free_memory() -> Optional[int]:
+    """Bytes free on this rank's CUDA device, whoever uses the rest (``torch.cuda.mem_get_info``
+    asks the driver); None without CUDA."""
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+
+
+def release_cached_memory() -> Optional[tuple[int, int]]:
+    """Give the caching allocator's unused blocks back to the device (CUDA only): first a garbage
+    collection, since tensors kept alive only by reference cycles (autograd graphs, tracebacks)
+    hold their blocks until the collector runs, then ``torch.cuda.empty_cache``. Returns the free
+    bytes before and after; None without CUDA (nothing to give back)."""
+    before = free_memory()
+    if before is None:
+        return None
+    gc.collect()
+    torch.cuda.empty_cache()
+    return before, free_memory()
 
 
 def create_host_group(backend: str) -> None:

@@ -57,6 +57,7 @@ def _failure(fn) -> str:
 
 
 def _step(tp: int, out_dir: str, negative_controls: bool) -> dict:
+    import torch
     from helpers.devsim import simulated_cuda
 
     from megatron_prorl.distributed import shutdown_distributed
@@ -66,7 +67,14 @@ def _step(tp: int, out_dir: str, negative_controls: bool) -> dict:
     out = {}
     with simulated_cuda() as sim:
         trainer = Trainer(_config(tp, out_dir))  # builds the model and engine, syncs weights once
+        calls = []  # the update/generation switch, in order
+        for owner, name in ((trainer.actor, "update"), (trainer.engine, "sleep"), (trainer.engine, "wake"),
+                            (torch.cuda, "empty_cache")):
+            if owner is not None:  # the engine lives on the engine rank only
+                real = getattr(owner, name)
+                setattr(owner, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
         out["metrics"] = trainer.train_step(1, stage_of(trainer.stages, 1))
+        out["switch"] = list(calls)
         out["params"] = {sim.device_of(p) for p in trainer.actor.policy_module.parameters()}
         out["collectives"] = set(sim.collectives)
         if negative_controls:  # each removes one move the rule prescribes: the step must fail
@@ -94,6 +102,12 @@ def test_train_step_keeps_device_discipline(tp, tmp_path):
         collectives = out["collectives"]
         assert {("allreduce_", "nccl", f"cuda:{rank}"), ("broadcast_", "nccl", f"cuda:{rank}"),
                 ("allreduce_", "gloo", "cpu")} <= collectives, collectives
+        # Between the update and the engine's wake the trainer gives its allocator's cache back
+        # (the engine's own sleep empties it too), and says how much that freed and what is free.
+        assert out["switch"] == (["sleep", "empty_cache", "update", "empty_cache", "wake"] if rank == 0
+                                 else ["update", "empty_cache"]), out["switch"]
+        assert metrics["mem/freed_gib"] > 0 and metrics["time/release"] >= 0
+        assert 0 < metrics["mem/free_after_wake_gib"] < metrics["mem/free_before_wake_gib"] < 80
         if tp == 2:  # the weight export gathers TP shards to the engine rank
             assert ("gather_", "nccl", f"cuda:{rank}") in collectives, collectives
         else:
