@@ -55,6 +55,12 @@ class ParallelConfig:
     use_distributed_optimizer: Optional[bool] = None
     # "auto": nccl with CUDA, gloo without.
     backend: str = "auto"
+    # How long a rank waits in a collective for its peers before it fails with a timeout: every
+    # process group (the default one, the gloo host group, Megatron's TP/PP/DP groups). Generous,
+    # because peers legitimately wait minutes: while engine ranks start their engines (a private
+    # Ray instance, first kernel compiles; the others wait on the gloo group, not inside NCCL), a
+    # slow checkpoint, a long generation round. NCCL's own default is 10 minutes.
+    collective_timeout_minutes: int = 60
 
 
 @dataclass
@@ -363,6 +369,9 @@ def validate(cfg: ProRLConfig, hf_config: Optional[dict] = None, world_size: Opt
     _choice("model.fp8", m.fp8, (None, "e4m3", "hybrid"))
     _choice("model.fp8_recipe", m.fp8_recipe, ("delayed", "tensorwise", "mxfp8", "blockwise"))
     _choice("parallel.backend", p.backend, ("auto", "nccl", "gloo"))
+    from megatron_prorl.distributed import check_parallel_collective_timeout  # late: keeps config import light
+
+    check_parallel_collective_timeout(p)
     _choice("optim.lr_schedule", cfg.optim.lr_schedule, ("constant", "warmup_constant"))
     _choice("rollout.engine", r.engine, ENGINES.names())
     _choice("rollout.refresh", r.refresh, ("refit", "rebuild"))

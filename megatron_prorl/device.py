@@ -28,6 +28,7 @@ freed tensors for reuse, and to every other process (the engine's workers) they 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import gc
 from typing import Optional, TypeVar
 
@@ -87,11 +88,13 @@ def release_cached_memory() -> Optional[tuple[int, int]]:
     return before, free_memory()
 
 
-def create_host_group(backend: str) -> None:
+def create_host_group(backend: str, timeout: datetime.timedelta) -> None:
     """Called once by every rank after ``init_process_group``: under gloo the default group is
-    already a host group; under NCCL a gloo group over all ranks is created (a collective)."""
+    already a host group; under NCCL a gloo group over all ranks is created (a collective), with
+    ``timeout`` (``new_group`` does not take the default group's, it falls back to torch's 30
+    minutes: checked with torch 2.13)."""
     global _host_group
-    _host_group = None if backend == "gloo" else dist.new_group(backend="gloo")
+    _host_group = None if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
 
 
 def destroy_host_group() -> None:

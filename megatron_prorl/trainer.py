@@ -173,7 +173,12 @@ class Trainer:
         self.actor.sync_reference()
 
     def _start_rollout(self) -> None:
-        """The engine and the reward pool on engine ranks; the weight sync everywhere, run once."""
+        """The engine and the reward pool on engine ranks; the weight sync everywhere, run once.
+
+        Engine ranks take minutes here (a TensorRT-LLM engine starts a Ray instance and compiles
+        kernels) while their peers have nothing to do: all ranks meet on the host group (gloo)
+        before the first sync, so the wait is a CPU barrier with parallel.collective_timeout_minutes,
+        not an NCCL gather spinning on the GPU."""
         from megatron_prorl.rewards import RewardPool
         from megatron_prorl.weight_sync import WeightSync
 
@@ -186,6 +191,7 @@ class Trainer:
                 device=device.current(),
                 dtype=resolve_dtype(cfg.model))
             self.pool = RewardPool(cfg.rewards)
+        dist.barrier(group=device.host_group())
         self.weight_sync = WeightSync(self.actor.policy_module, self.arch, self.engine,
                                       cfg.rollout.sync_bucket_mb << 20, cfg.rollout.sync_transport)
         self.weight_sync()

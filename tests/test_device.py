@@ -64,9 +64,18 @@ def _step(tp: int, out_dir: str, negative_controls: bool) -> dict:
     from megatron_prorl.stages import stage_of
     from megatron_prorl.trainer import Trainer
 
+    import megatron_prorl.trainer as trainer_module
+    from megatron_prorl.weight_sync import WeightSync
+
     out = {}
     with simulated_cuda() as sim:
+        # Marks in the simulation's log of collectives: the engine built, the first weight sync.
+        build, sync = trainer_module.build_engine_from_config, WeightSync.__call__
+        trainer_module.build_engine_from_config = lambda *a, **k: sim.log.append(("engine built",)) or build(*a, **k)
+        WeightSync.__call__ = lambda self: sim.log.append(("weight sync",)) or sync(self)
         trainer = Trainer(_config(tp, out_dir))  # builds the model and engine, syncs weights once
+        trainer_module.build_engine_from_config, WeightSync.__call__ = build, sync
+        out["start_log"] = list(sim.log)
         calls = []  # the update/generation switch, in order
         for owner, name in ((trainer.actor, "update"), (trainer.engine, "sleep"), (trainer.engine, "wake"),
                             (torch.cuda, "empty_cache")):
@@ -102,6 +111,17 @@ def test_train_step_keeps_device_discipline(tp, tmp_path):
         collectives = out["collectives"]
         assert {("allreduce_", "nccl", f"cuda:{rank}"), ("broadcast_", "nccl", f"cuda:{rank}"),
                 ("allreduce_", "gloo", "cpu")} <= collectives, collectives
+        # Start-up: the engine rank builds its engine, then every rank meets the others on the
+        # gloo group; only then does the first weight sync enter its NCCL collectives.
+        log = out["start_log"]
+        first_sync = log.index(("weight sync",))
+        if rank == 0:
+            built = log.index(("engine built",))
+            assert log[built + 1:first_sync] == [("barrier", "gloo")], log[built:first_sync + 3]
+        else:
+            assert ("engine built",) not in log and log[first_sync - 1] == ("barrier", "gloo"), log[-10:]
+        if tp == 2:
+            assert log[first_sync + 1][1] == "nccl", log[first_sync:first_sync + 3]
         # Between the update and the engine's wake the trainer gives its allocator's cache back
         # (the engine's own sleep empties it too), and says how much that freed and what is free.
         assert out["switch"] == (["sleep", "empty_cache", "update", "empty_cache", "wake"] if rank == 0

@@ -273,6 +273,7 @@ class SimulatedCuda:
         self.current = 0
         self.backends: dict[str, str] = {}  # process group name -> "nccl" | "gloo"
         self.collectives: set[tuple[str, str, str]] = set()  # (op, group backend, device) checked
+        self.log: list[tuple[str, ...]] = []  # (op, group backend) of every collective, in order
 
     def device_of(self, t: torch.Tensor) -> str:
         return self.labels.get(t)
@@ -285,9 +286,12 @@ class SimulatedCuda:
         group = next((dist.ProcessGroup.unbox(a) for a in (*args, *kwargs.values())
                       if isinstance(a, torch.ScriptObject) and "ProcessGroup" in str(a)), None)
         name = func.__name__.split(".")[0]
-        if group is None or name in _NO_USER_TENSORS:
+        if group is None:
             return
         backend = self.backend_of(group)
+        self.log.append((name, backend))
+        if name in _NO_USER_TENSORS:
+            return
         need = f"cuda:{self.current}" if backend == "nccl" else CPU
         tensors = _tensors((args, kwargs))
         wrong = [t for t in tensors if self.labels.get(t) != need]
