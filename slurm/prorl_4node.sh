@@ -94,7 +94,8 @@ say "job $SLURM_JOB_ID start $restart: $SLURM_JOB_NUM_NODES nodes ($SLURM_JOB_NO
 
 # ---- NCCL and CUDA for Megatron on H100 + InfiniBand (no effect on CPU runs) --------------
 # One hardware work queue per GPU keeps Megatron's TP communication kernels in issue order, so
-# they overlap with compute (needed before Blackwell; not with FSDP).
+# they overlap with compute (needed before Blackwell; not with FSDP). Training only: the engine's
+# workers start without it (megatron_prorl/launcher_env.py, TRAINING_ONLY_ENV).
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 # InfiniBand service level NCCL uses, as Megatron-LM's cluster examples set it; ask the
 # cluster's admins which one their fabric gives to NCCL.

@@ -478,3 +478,29 @@ def test_the_kv_cache_byte_cap_reaches_kv_cache_config(stand_in_release):
     assert llm[1]["kv_cache_config"].kwargs == {"free_gpu_memory_fraction": 0.5}
     engine.shutdown()
     assert [c[0] for c in ray.calls] == ["init", "shutdown", "init", "shutdown"]
+
+
+def test_the_engine_starts_without_the_launcher_and_training_only_variables(stand_in_release, monkeypatch):
+    """The private Ray instance and the LLM (whose Ray workers copy the environment) start without
+    the launcher's variables and without what only the trainer needs (CUDA_DEVICE_MAX_CONNECTIONS,
+    the trainer's ranks), on the engine's own GPU and port; the trainer's environment is back
+    afterwards."""
+    from megatron_prorl.launcher_env import TRAINING_ONLY_ENV
+
+    ray, hf_dir = stand_in_release
+    trainer = {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "RANK": "13", "WORLD_SIZE": "32", "LOCAL_RANK": "5",
+               "LOCAL_WORLD_SIZE": "8", "SLURM_PROCID": "13", "PMIX_RANK": "13", "MASTER_PORT": "29500",
+               "CUDA_VISIBLE_DEVICES": "4,5,6,7", "NCCL_IB_SL": "1"}
+    for key, value in trainer.items():
+        monkeypatch.setenv(key, value)
+    before = dict(os.environ)
+    engine = _engine_from_config(hf_dir)  # device cuda:0 of this rank: GPU 4
+    import tensorrt_llm
+
+    seen = {"ray.init": ray.calls[0][2], "LLM": next(c[2] for c in tensorrt_llm.CALLS if c[0] == "LLM")}
+    for where, env in seen.items():
+        assert not set(env) & (TRAINING_ONLY_ENV | {"SLURM_PROCID", "PMIX_RANK"}), where
+        assert env["CUDA_VISIBLE_DEVICES"] == "4" and env["NCCL_IB_SL"] == "1", where
+        assert env["MASTER_PORT"] != "29500", where  # a port of the engine's own
+    assert os.environ == {**before, "TLLM_DISABLE_MPI": "1"}  # set for good at the import
+    engine.shutdown()
