@@ -22,7 +22,11 @@ them through the current CUDA device itself (torch 2.13, distributed_c10d._get_o
 
 Memory between the trainer and a colocated engine: torch's caching allocator keeps the blocks of
 freed tensors for reuse, and to every other process (the engine's workers) they stay in use.
-:func:`release_cached_memory` hands them back before the engine maps its memory again.
+:func:`release_cached_memory` hands them back before the engine maps its memory again
+(``torch.cuda.empty_cache``: "Release all unoccupied cached memory ... so that those can be used
+in other GPU application"; ``torch.cuda.mem_get_info``: cudaMemGetInfo, the device's free memory
+whoever holds the rest; torch/cuda/memory.py, read in torch 2.13, CI's; the image runs 2.11, whose
+copy was not readable here).
 """
 
 from __future__ import annotations
