@@ -150,15 +150,6 @@ def test_main_runs_the_tests_then_each_benchmark_and_fails_on_any_failure(runs, 
     assert f"FAILED: 2 passed, 1 failed, {len(GPU_TESTS)} skipped" in capsys.readouterr().out
 
 
-def _fake_tensorrt_llm(root: Path, version: str) -> None:
-    """A ``tensorrt_llm`` package with its dist-info, as an install of ``version`` leaves it."""
-    (root / "tensorrt_llm").mkdir(parents=True)
-    (root / "tensorrt_llm" / "__init__.py").write_text(f"__version__ = {version!r}\n")
-    dist = root / f"tensorrt_llm-{version}.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: {version}\n")
-
-
 def test_an_engine_that_cannot_start_fails_the_self_check(runs, monkeypatch, tmp_path, capsys):
     """The image's engine is TensorRT-LLM: when it lacks something it needs (ray here, the
     package itself when asked for by --engine), the self-check fails with a row naming it,
@@ -184,22 +175,25 @@ def test_an_engine_that_cannot_start_fails_the_self_check(runs, monkeypatch, tmp
         code = selftest.main(["--out", str(tmp_path), "--no-bench", *args])
         return code, capsys.readouterr().out
 
-    # No TensorRT-LLM on this machine: auto holds it to the transformers engine; asking for
-    # TensorRT-LLM fails, naming the package.
-    assert selftest.resolve_engine("auto") == "transformers"
-    code, out = verdict()
-    assert code == 0 and "rollout engine transformers: available" in out
-    code, out = verdict("--engine", "tensorrt_llm")
-    assert code == 1 and f"FAILED: 0 passed, 1 failed, {len(GPU_TESTS)} skipped" in out
-    (row,) = [line for line in out.splitlines() if line.startswith("rollout engine tensorrt_llm ")]
-    assert row.split()[3] == "failed" and "needs the 'tensorrt_llm' package" in row
+    # Without TensorRT-LLM (CI; in the image this part cannot occur): auto holds the machine to
+    # the transformers engine; asking for TensorRT-LLM fails, naming the package.
+    if importlib.util.find_spec("tensorrt_llm") is None:
+        assert selftest.resolve_engine("auto") == "transformers"
+        code, out = verdict()
+        assert code == 0 and "rollout engine transformers: available" in out
+        code, out = verdict("--engine", "tensorrt_llm")
+        assert code == 1 and f"FAILED: 0 passed, 1 failed, {len(GPU_TESTS)} skipped" in out
+        (row,) = [line for line in out.splitlines() if line.startswith("rollout engine tensorrt_llm ")]
+        assert row.split()[3] == "failed" and "needs the 'tensorrt_llm' package" in row
 
     # The image: TensorRT-LLM of the targeted release installed, so auto means it; without ray
     # the engine cannot start (the adapter pins its engine through a private Ray instance).
+    from helpers.fake_dist import write_distribution
+
     from megatron_prorl.rollout.trtllm import TARGET_RELEASE
 
-    _fake_tensorrt_llm(tmp_path / "site", TARGET_RELEASE)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    site = write_distribution(tmp_path / "site", "tensorrt_llm", TARGET_RELEASE, {"__init__.py": ""})
+    monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     find_spec = importlib.util.find_spec
     ray_spec = {"ray": None}

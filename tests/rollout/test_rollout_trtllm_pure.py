@@ -19,6 +19,7 @@ from typing import Optional
 
 import pytest
 import torch
+from helpers.fake_dist import write_distribution
 from rollout_models import EOS, PAD
 
 from megatron_prorl.accelerator import missing_for_tensorrt_llm
@@ -210,14 +211,9 @@ def fake_tensorrt_llm(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
 
     def make(version: str):
-        root = tmp_path / version
-        (root / "tensorrt_llm").mkdir(parents=True)
-        (root / "tensorrt_llm" / "__init__.py").write_text(
-            f"import os\nSEEN = dict(os.environ)\n__version__ = {version!r}\n")
-        dist = root / f"tensorrt_llm-{version}.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: {version}\n")
-        monkeypatch.syspath_prepend(str(root))
+        init = f"import os\nSEEN = dict(os.environ)\n__version__ = {version!r}\n"
+        monkeypatch.syspath_prepend(str(write_distribution(tmp_path / version, "tensorrt_llm", version,
+                                                           {"__init__.py": init})))
         importlib.invalidate_caches()
 
     yield make
@@ -430,15 +426,8 @@ class _StandInRay:
 def stand_in_release(tmp_path, monkeypatch):
     """The targeted release as a stand-in package (installed, importable, CUDA assumed), ray as a
     stand-in module; returns (tensorrt_llm module loader, ray, a Hugging Face directory)."""
-    root = tmp_path / "site"
-    for name, source in STAND_IN.items():
-        path = root / "tensorrt_llm" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(source.format(version=TARGET_RELEASE, fields=RC24_KV_CACHE_FIELDS))
-    dist = root / f"tensorrt_llm-{TARGET_RELEASE}.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: {TARGET_RELEASE}\n")
-    monkeypatch.syspath_prepend(str(root))
+    files = {name: source.format(version=TARGET_RELEASE, fields=RC24_KV_CACHE_FIELDS) for name, source in STAND_IN.items()}
+    monkeypatch.syspath_prepend(str(write_distribution(tmp_path / "site", "tensorrt_llm", TARGET_RELEASE, files)))
     importlib.invalidate_caches()
     monkeypatch.setattr(trtllm, "_imported_scrubbed", False)
     monkeypatch.setattr(trtllm, "missing_for_tensorrt_llm", lambda: "")
