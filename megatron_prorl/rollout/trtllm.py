@@ -100,10 +100,13 @@ GPU-only assumptions nothing here could check (upstream file and version read fo
    index also holds a newer ``executor/ray/`` layout). Without ``report_device_id`` the placement
    check is skipped with a warning.
 3. The stored ``RayWorkerWrapper`` reads ``MASTER_PORT`` from its environment for the workers'
-   rendezvous; the adapter gives each engine a free one.
+   rendezvous; the adapter gives each engine a free one (the newer stored layout,
+   ``executor/ray/gpu_worker.py``, lets its rank 0 pick a TCPStore port instead and never reads it).
 4. A private Ray instance per engine rank, started with ``address="local"`` and the engine's
    ``CUDA_VISIBLE_DEVICES``, runs beside the others on the node (NeMo-RL does this for colocated
-   local clusters; Ray docs ``ray.get_gpu_ids``); ``ray`` is installed in the image.
+   local clusters; Ray docs ``ray.get_gpu_ids``); the image installs ray 2.54.1 (pyproject.toml's
+   ``trtllm`` extra, where the version is argued): both stored executor layouts import names
+   ray 2.54.1 has (checked in its wheel), rc24's own was not readable.
 5. CUDA IPC handles of the trainer's tensors open in the Ray workers on the same GPU (the
    trainer's caching allocator must allow IPC, e.g. no ``expandable_segments``).
 6. The TorchSampler (``sampler_type="auto"``, rc24 ``llm_args.html``) computes PROCESSED
