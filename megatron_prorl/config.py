@@ -59,6 +59,12 @@ class ParallelConfig:
     use_distributed_optimizer: Optional[bool] = None
     # "auto": nccl with CUDA, gloo without.
     backend: str = "auto"
+    # How long a rank waits in a collective for its peers before it fails with a timeout: every
+    # process group (the default one, the gloo host group, Megatron's TP/PP/DP groups). Generous,
+    # because peers legitimately wait minutes: while engine ranks start their engines (a private
+    # Ray instance, first kernel compiles; the others wait on the gloo group, not inside NCCL), a
+    # slow checkpoint, a long generation round. NCCL's own default is 10 minutes.
+    collective_timeout_minutes: int = 60
 
 
 @dataclass
@@ -151,6 +157,11 @@ class RolloutConfig:
     # activations. Raise it for more concurrent sequences, lower it on an out-of-memory at the
     # first update.
     kv_cache_memory_fraction: float = 0.5
+    # TensorRT-LLM: a cap on the KV cache in bytes beside the fraction (KvCacheConfig.
+    # max_gpu_total_bytes): with both, the smaller size wins. A byte cap does not grow with what
+    # happens to be free when the engine starts (the trainer's allocator cache, another engine on
+    # the GPU), so the memory left for the trainer is known in advance. null: the fraction alone.
+    kv_cache_max_bytes: Optional[int] = None
     # Weight-sync bucket size in MB.
     sync_bucket_mb: int = 512
     # How shards reach the engine rank: "collective" (TP gather, PP send), "shared_memory" (CPU
@@ -382,7 +393,8 @@ def check_fields(cfg: ProRLConfig) -> None:
                        ("batch.prompts_per_mini_batch", b.prompts_per_mini_batch),
                        ("batch.micro_batch_size", b.micro_batch_size),
                        ("algo.max_sampling_rounds", a.max_sampling_rounds),
-                       ("rollout.engine_tensor_parallel_size", r.engine_tensor_parallel_size)):
+                       ("rollout.engine_tensor_parallel_size", r.engine_tensor_parallel_size),
+                       ("parallel.collective_timeout_minutes", p.collective_timeout_minutes)):
         at_least(key, value, 1)
     if b.prompts_per_step % b.prompts_per_mini_batch:
         raise ConfigError(
@@ -397,6 +409,9 @@ def check_fields(cfg: ProRLConfig) -> None:
         raise ConfigError(f"algo.clip_ratio_c={a.clip_ratio_c}: must be > 1 (or null for off)")
     if not 0 < r.kv_cache_memory_fraction <= 1:
         raise ConfigError(f"rollout.kv_cache_memory_fraction={r.kv_cache_memory_fraction}: must be in (0, 1]")
+    if r.kv_cache_max_bytes is not None and r.kv_cache_max_bytes < 1:  # TensorRT-LLM's 0 means "no cap"
+        raise ConfigError(f"rollout.kv_cache_max_bytes={r.kv_cache_max_bytes}: must be a size in bytes >= 1 "
+                          "(or null: no cap)")
     if r.engine_max_batch_size is not None and r.engine_max_batch_size < 1:
         raise ConfigError(f"rollout.engine_max_batch_size={r.engine_max_batch_size}: must be >= 1 (or null)")
     for split in ("train", "val"):

@@ -51,6 +51,8 @@ def test_overrides_are_typed():
     ("novalue", "key=value"),
     ("rollout.kv_cache_memory_fraction=1.5", "rollout.kv_cache_memory_fraction=1.5: must be in (0, 1]"),
     ("rollout.kv_cache_memory_fraction=0", "rollout.kv_cache_memory_fraction=0.0: must be in (0, 1]"),
+    ("rollout.kv_cache_max_bytes=0", "rollout.kv_cache_max_bytes=0: must be a size in bytes >= 1"),
+    ("rollout.kv_cache_max_bytes=20GB", "rollout.kv_cache_max_bytes"),
 ])
 def test_bad_override_names_the_key(override, expected):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("(", r"\(")):
@@ -129,6 +131,9 @@ def test_kv_cache_fraction_default_leaves_room_for_a_colocated_trainer():
     # TensorRT-LLM's own default (0.9 of the free memory) would leave the trainer nothing.
     assert load_run_config().rollout.kv_cache_memory_fraction == 0.5
     assert load_run_config(overrides=["rollout.kv_cache_memory_fraction=0.8"]).rollout.kv_cache_memory_fraction == 0.8
+    # The byte cap is off unless set (TensorRT-LLM then sizes the cache by the fraction alone).
+    assert load_run_config().rollout.kv_cache_max_bytes is None
+    assert load_run_config(overrides=["rollout.kv_cache_max_bytes=21474836480"]).rollout.kv_cache_max_bytes == 20 << 30
 
 
 def test_tensorrt_llm_engine_over_several_gpus_is_refused():

@@ -19,11 +19,21 @@ One rule for every tensor the trainer creates:
 
 Object collectives (``broadcast_object_list`` ...) need nothing: on a NCCL group torch stages
 them through the current CUDA device itself (torch 2.13, distributed_c10d._get_object_coll_device).
+
+Memory between the trainer and a colocated engine: torch's caching allocator keeps the blocks of
+freed tensors for reuse, and to every other process (the engine's workers) they stay in use.
+:func:`release_cached_memory` hands them back before the engine maps its memory again
+(``torch.cuda.empty_cache``: "Release all unoccupied cached memory ... so that those can be used
+in other GPU application"; ``torch.cuda.mem_get_info``: cudaMemGetInfo, the device's free memory
+whoever holds the rest; torch/cuda/memory.py, read in torch 2.13, CI's; the image runs 2.11, whose
+copy was not readable here).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import gc
 from typing import Optional, TypeVar
 
 import torch
@@ -63,11 +73,32 @@ def _move(obj, device: torch.device):
     return obj
 
 
-def create_host_group(backend: str) -> None:
+def free_memory() -> Optional[int]:
+    """Bytes free on this rank's CUDA device, whoever uses the rest (``torch.cuda.mem_get_info``
+    asks the driver); None without CUDA."""
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+
+
+def release_cached_memory() -> Optional[tuple[int, int]]:
+    """Give the caching allocator's unused blocks back to the device (CUDA only): first a garbage
+    collection, since tensors kept alive only by reference cycles (autograd graphs, tracebacks)
+    hold their blocks until the collector runs, then ``torch.cuda.empty_cache``. Returns the free
+    bytes before and after; None without CUDA (nothing to give back)."""
+    before = free_memory()
+    if before is None:
+        return None
+    gc.collect()
+    torch.cuda.empty_cache()
+    return before, free_memory()
+
+
+def create_host_group(backend: str, timeout: datetime.timedelta) -> None:
     """Called once by every rank after ``init_process_group``: under gloo the default group is
-    already a host group; under NCCL a gloo group over all ranks is created (a collective)."""
+    already a host group; under NCCL a gloo group over all ranks is created (a collective), with
+    ``timeout`` (``new_group`` does not take the default group's, it falls back to torch's 30
+    minutes: checked with torch 2.13)."""
     global _host_group
-    _host_group = None if backend == "gloo" else dist.new_group(backend="gloo")
+    _host_group = None if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
 
 
 def destroy_host_group() -> None:

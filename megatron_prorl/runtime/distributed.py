@@ -12,6 +12,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -89,9 +90,11 @@ def cuda_device_index(local_rank: int, device_count: int) -> int:
 
 
 def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, seed: int = 1234) -> DistEnv:
-    """Initialise torch.distributed and Megatron's parallel state from the config."""
-
-
+    """Initialise torch.distributed and Megatron's parallel state from the config. Every group
+    gets ``parallel.collective_timeout_minutes``: the default group, the host group, and
+    Megatron's (megatron-core 0.16.1 parallel_state.initialize_model_parallel(...,
+    distributed_timeout_minutes), which it gives each group it creates, gloo ones included;
+    its own default is 30)."""
     env = env or detect_env()
     backend = resolve_backend(parallel)
     if backend == "gloo":
@@ -100,13 +103,15 @@ def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, se
         torch.cuda.set_device(cuda_device_index(env.local_rank, torch.cuda.device_count()))
     from megatron.core import parallel_state, tensor_parallel
 
+    timeout = timedelta(minutes=parallel.collective_timeout_minutes)
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                                rank=env.rank, world_size=env.world_size)
+                                rank=env.rank, world_size=env.world_size, timeout=timeout)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
-        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size)
-    device.create_host_group(backend)
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        distributed_timeout_minutes=parallel.collective_timeout_minutes)
+    device.create_host_group(backend, timeout)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return env
 

@@ -16,6 +16,11 @@ So the adapter imports TensorRT-LLM, and builds every LLM (the rebuild path too)
 :func:`applied` with :func:`import_environment` / :func:`engine_environment`; the trainer's
 own environment is restored afterwards (it read its Slurm variables at start-up and keeps them).
 
+The engine's processes (its private Ray instance and the workers, which get a copy of the
+environment the LLM is built in) also lose what the trainer set for itself,
+:data:`TRAINING_ONLY_ENV`. The NCCL settings of the launch script stay: the engine's own NCCL
+communicators (tensor parallelism over several GPUs) run on the same fabric.
+
 Launch scripts use the same list, without importing torch::
 
     python -m megatron_prorl.runtime.launcher_env            # the prefixes, one per line
@@ -41,6 +46,21 @@ from typing import Iterator, Mapping, MutableMapping, Sequence
 # is a rank of a launcher-managed job.
 LAUNCHER_ENV_PREFIXES = ("PMIX_", "PMI_", "MPI_", "OMPI_", "SLURM_")
 
+# Variables the trainer's processes run with that the engine's must not inherit, and why.
+TRAINING_ONLY_ENV = frozenset({
+    # slurm/prorl_4node.sh sets it for Megatron (as Megatron-LM's launch scripts do before
+    # Blackwell): one hardware work queue per GPU keeps tensor-parallel communication kernels in
+    # issue order so they overlap with the GEMMs. In the engine it serialises the streams
+    # TensorRT-LLM runs side by side, which slows generation.
+    "CUDA_DEVICE_MAX_CONNECTIONS",
+    # The trainer's place in its own process group (torchrun's variables). The engine's workers
+    # form a group of their own with explicit ranks (TensorRT-LLM's RayWorkerWrapper passes rank
+    # and world_size to init_process_group; stored executor/ray_gpu_worker.py and
+    # executor/ray/gpu_worker.py), so anything in them that reads these (torch's env://
+    # rendezvous, a device chosen by LOCAL_RANK) would take the trainer's rank, world and GPU.
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+})
+
 
 def launcher_variables(environ: Mapping[str, str]) -> list[str]:
     """Names of ``environ`` that carry launcher state, sorted."""
@@ -54,13 +74,14 @@ def import_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 def engine_environment(environ: Mapping[str, str], gpus: Sequence[str], master_port: int) -> dict[str, str]:
     """The environment to start an engine's private Ray instance and its workers in:
-    no launcher variables, ``CUDA_VISIBLE_DEVICES`` = the engine's physical GPUs (Ray then
+    no launcher variables and none of :data:`TRAINING_ONLY_ENV`, ``CUDA_VISIBLE_DEVICES`` = the
+    engine's physical GPUs (Ray then
     offers exactly those, and its workers map ``ray.get_gpu_ids()`` through this variable), and a
     ``MASTER_PORT`` of the engine's own (the workers' torch.distributed rendezvous reads it; the
     trainer's would collide with the trainer's store and with the node's other engines)."""
     if not gpus:
         raise ValueError("engine_environment: no GPUs given for the engine")
-    env = import_environment(environ)
+    env = {k: v for k, v in import_environment(environ).items() if k not in TRAINING_ONLY_ENV}
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env["MASTER_PORT"] = str(master_port)
     return env

@@ -33,8 +33,13 @@ Schema of metric names (kind "train")::
     dynamic_sampling/rounds               generation rounds to fill the batch
     logprob_diff/mean, logprob_diff/max   |engine log-prob - trainer log-prob| per token
     grad_norm, lr
-    time/generation, time/reward, time/sleep, time/reference, time/training, time/wake, time/sync,
-    time/step  (s; sleep/wake: the engine releasing and restoring its memory around the update)
+    time/generation, time/reward, time/sleep, time/reference, time/training, time/release,
+    time/wake, time/sync, time/step  (s; sleep/wake: the engine releasing and restoring its memory
+                                      around the update; release: the trainer's allocator cache
+                                      going back to the device before the wake)
+    mem/freed_gib                         GPU memory the release gave back, GiB (CUDA only; each
+    mem/free_before_wake_gib              mem/* is the smallest over ranks): free before and after
+    mem/free_after_wake_gib               the engine's wake (torch.cuda.mem_get_info)
     data/epochs/<source>                  passes made over each training source so far
     tokens_per_s                          generated tokens per second of step time
     sync/gb_per_s                         trainer -> engine weight transfer bandwidth

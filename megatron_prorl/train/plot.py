@@ -80,7 +80,10 @@ LENGTH = Panel("Response length", "tokens", ("response_length/mean", "response_l
 TRUNCATION = Panel("Truncated responses", "fraction of responses", ("response_length/truncated_frac",),
                    zero_based=True)
 TIME = Panel("Time per step", "seconds", ("time/generation", "time/reward", "time/sleep", "time/reference",
-                                          "time/training", "time/wake", "time/sync"), style="stack", total="time/step")
+                                          "time/training", "time/release", "time/wake", "time/sync"),
+             style="stack", total="time/step")
+MEMORY = Panel("GPU memory at the switch to generation", "GiB (tightest rank)",
+               ("mem/free_before_wake_gib", "mem/free_after_wake_gib", "mem/freed_gib"), style="line", zero_based=True)
 THROUGHPUT = Panel("Throughput", "tokens / s", ("tokens_per_s",), zero_based=True)
 CLIP = Panel("Clipped tokens", "fraction of tokens", ("clip_frac_low", "clip_frac_high", "clip_frac_dual"),
              zero_based=True)
@@ -98,7 +101,7 @@ CHARTS = (
     Chart("validation", "Validation", (VALIDATION,)),
     Chart("entropy_kl", "Entropy and KL", (ENTROPY, KL)),
     Chart("length", "Response length", (LENGTH, TRUNCATION)),
-    Chart("timing", "Timing", (TIME, THROUGHPUT)),
+    Chart("timing", "Timing", (TIME, THROUGHPUT, MEMORY)),
     Chart("stability", "Training stability", (CLIP, RATIO, LOGPROB_GAP, GRAD_NORM, SAMPLING, LR)),
 )
 

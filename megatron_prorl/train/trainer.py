@@ -175,7 +175,12 @@ class Trainer:
         self.actor.sync_reference()
 
     def _start_rollout(self) -> None:
-        """The engine and the reward pool on engine ranks; the weight sync everywhere, run once."""
+        """The engine and the reward pool on engine ranks; the weight sync everywhere, run once.
+
+        Engine ranks take minutes here (a TensorRT-LLM engine starts a Ray instance and compiles
+        kernels) while their peers have nothing to do: all ranks meet on the host group (gloo)
+        before the first sync, so the wait is a CPU barrier with parallel.collective_timeout_minutes,
+        not an NCCL gather spinning on the GPU."""
         from megatron_prorl.rewards import RewardPool
         from megatron_prorl.weight_sync import WeightSync
 
@@ -188,6 +193,7 @@ class Trainer:
                 device=device.current(),
                 dtype=resolve_dtype(cfg.model))
             self.pool = RewardPool(cfg.rewards)
+        dist.barrier(group=device.host_group())
         self.weight_sync = WeightSync(self.actor.policy_module, self.arch, self.engine,
                                       cfg.rollout.sync_bucket_mb << 20, cfg.rollout.sync_transport)
         self.weight_sync()
@@ -253,8 +259,8 @@ class Trainer:
         cfg = self.cfg
         t_step = time.perf_counter()
         groups, metrics = self._collect(step, stage)
-        timings = {"time/sleep": 0.0, "time/reference": 0.0, "time/training": 0.0, "time/wake": 0.0,
-                   "time/sync": 0.0}
+        timings = {"time/sleep": 0.0, "time/reference": 0.0, "time/training": 0.0, "time/release": 0.0,
+                   "time/wake": 0.0, "time/sync": 0.0}
         if metrics["dynamic_sampling/fewest_kept"] == 0:
             # Every group of some replica was uninformative: nothing to learn from this step.
             metrics.update({"update_skipped": 1.0, "dynamic_sampling/all_filtered": 1.0})
@@ -270,7 +276,10 @@ class Trainer:
             metrics.update(self._logprob_mismatch(batch))
             metrics.update(self.actor.update(batch, stage.temperature, stage.kl_beta))
             timings["time/training"] = time.perf_counter() - t0 - timings["time/reference"]
-            timings["time/wake"] = self._engine_call("wake")
+            del batch  # the step's tensors: their blocks go back to the device with the cache
+            switch = self._release_and_wake()
+            timings.update({k: switch.pop(k) for k in ("time/release", "time/wake")})
+            metrics.update(switch)
             sync = self.weight_sync()
             timings["time/sync"], metrics["sync/gb_per_s"] = sync.seconds, sync.gb_per_s
         metrics.update(timings)
@@ -280,6 +289,26 @@ class Trainer:
         metrics.update({f"data/epochs/{name}": e for name, e in self.sampler.epochs().items()})
         self.logger.log(step, metrics)
         return metrics
+
+    def _release_and_wake(self) -> dict:
+        """The switch from update to generation (rollout.sleep_during_training): the trainer's
+        cached allocator blocks go back to the device, then the engine wakes and maps its memory
+        again. ``time/release`` and ``time/wake`` (s, the slowest rank's) and, with CUDA, the free
+        memory in GiB, each the smallest over ranks (the tightest GPU is the one that runs out):
+        ``mem/freed_gib`` by the release, ``mem/free_before_wake_gib``, ``mem/free_after_wake_gib``."""
+        if not self.cfg.rollout.sleep_during_training:
+            return {"time/release": 0.0, "time/wake": 0.0}
+        t0 = time.perf_counter()
+        free = device.release_cached_memory()
+        seconds = time.perf_counter() - t0
+        wake = self._engine_call("wake")
+        if free is None:
+            return {"time/release": all_max([seconds])[0], "time/wake": wake}
+        before, after = free
+        seconds, *least = all_max([seconds, before - after, -after, -device.free_memory()])
+        freed, before_wake, after_wake = (-v / 2**30 for v in least)
+        return {"time/release": seconds, "time/wake": wake, "mem/freed_gib": freed,
+                "mem/free_before_wake_gib": before_wake, "mem/free_after_wake_gib": after_wake}
 
     def _engine_call(self, method: str) -> float:
         """``engine.sleep()`` / ``engine.wake()`` around the update (rollout.sleep_during_training);

@@ -18,7 +18,12 @@ machine, and an operation that would fail there fails here:
   object collectives (``broadcast_object_list`` ...) stage through the current CUDA device on an
   "NCCL" group, as torch does on a GPU;
 - ``torch.cuda.is_available()`` is True, ``set_device`` / ``current_device`` keep an index,
-  ``torch.Generator(device="cuda")`` is a CPU generator.
+  ``torch.Generator(device="cuda")`` is a CPU generator;
+- memory as torch's caching allocator holds it: each simulated device has
+  :data:`DEVICE_MEMORY` bytes, of which the storages labelled with it are in use, and the storages
+  freed since the last ``torch.cuda.empty_cache()`` stay cached (still taken, as for another
+  process on a GPU); ``torch.cuda.mem_get_info()`` reports what is left. A storage counts with its
+  size when it was labelled.
 
 Labels are kept per storage (``untyped_storage()``), not per tensor object, so
 views, ``param.data = ...`` swaps (``Module.to``) and Megatron's parameter buffers keep them.
@@ -48,6 +53,7 @@ from torch.utils._pytree import tree_leaves
 
 CPU = "cpu"
 DEVICE_COUNT = 8  # what torch.cuda.device_count() reports: one node's GPUs
+DEVICE_MEMORY = 80 << 30  # bytes per simulated device (an H100's 80 GB)
 
 aten = torch.ops.aten
 _METHOD_WRAPPER = type(torch._C.TensorBase.device.__get__)
@@ -64,10 +70,12 @@ def _describe(tensors) -> str:
 
 class _Labels:
     """Simulated device per storage. A storage's Python object lives as long as its memory
-    (torch preserves it), so it is the key: by id, checked by identity, forgotten when freed."""
+    (torch preserves it), so it is the key: by id, checked by identity, forgotten when freed; a
+    freed device storage's bytes go to ``cached`` (the caching allocator keeps its block)."""
 
     def __init__(self):
-        self._by_id: dict[int, tuple[str, weakref.ref]] = {}
+        self._by_id: dict[int, tuple[str, weakref.ref, int]] = {}
+        self.cached: dict[str, int] = {}
 
     @staticmethod
     def _storage(t: torch.Tensor):
@@ -87,12 +95,19 @@ class _Labels:
         if s is None:
             return
         key = id(s)
+        nbytes = s.nbytes()
 
         def forget(ref, key=key):
             if self._by_id.get(key, (None, None))[1] is ref:
                 del self._by_id[key]
+                if label != CPU:
+                    self.cached[label] = self.cached.get(label, 0) + nbytes
 
-        self._by_id[key] = (label, weakref.ref(s, forget))
+        self._by_id[key] = (label, weakref.ref(s, forget), nbytes)
+
+    def in_use(self, label: str) -> int:
+        """Bytes of the live storages labelled ``label``."""
+        return sum(nbytes for lab, ref, nbytes in list(self._by_id.values()) if lab == label and ref() is not None)
 
 
 def _storages(tensors) -> set[int]:
@@ -258,6 +273,7 @@ class SimulatedCuda:
         self.current = 0
         self.backends: dict[str, str] = {}  # process group name -> "nccl" | "gloo"
         self.collectives: set[tuple[str, str, str]] = set()  # (op, group backend, device) checked
+        self.log: list[tuple[str, ...]] = []  # (op, group backend) of every collective, in order
 
     def device_of(self, t: torch.Tensor) -> str:
         return self.labels.get(t)
@@ -270,9 +286,12 @@ class SimulatedCuda:
         group = next((dist.ProcessGroup.unbox(a) for a in (*args, *kwargs.values())
                       if isinstance(a, torch.ScriptObject) and "ProcessGroup" in str(a)), None)
         name = func.__name__.split(".")[0]
-        if group is None or name in _NO_USER_TENSORS:
+        if group is None:
             return
         backend = self.backend_of(group)
+        self.log.append((name, backend))
+        if name in _NO_USER_TENSORS:
+            return
         need = f"cuda:{self.current}" if backend == "nccl" else CPU
         tensors = _tensors((args, kwargs))
         wrong = [t for t in tensors if self.labels.get(t) != need]
@@ -317,6 +336,18 @@ class SimulatedCuda:
         return _get_object_coll_device
 
     # ---- torch.cuda -------------------------------------------------------------------------
+    def _mem_get_info(self, device=None) -> tuple[int, int]:
+        if device is None or isinstance(device, int):
+            index = self.current if device is None else device
+        else:
+            index = torch.device(device).index
+            index = self.current if index is None else index
+        label = f"cuda:{index}"
+        return DEVICE_MEMORY - self.labels.in_use(label) - self.labels.cached.get(label, 0), DEVICE_MEMORY
+
+    def _empty_cache(self) -> None:
+        self.labels.cached.clear()
+
     def _set_device(self, device) -> None:
         index = device if isinstance(device, int) else torch.device(device).index
         index = self.current if index is None else index
@@ -331,6 +362,8 @@ class SimulatedCuda:
             (cuda, "device_count"): lambda: DEVICE_COUNT,
             (cuda, "current_device"): lambda: self.current,
             (cuda, "set_device"): self._set_device,
+            (cuda, "mem_get_info"): self._mem_get_info,
+            (cuda, "empty_cache"): self._empty_cache,
             (torch, "Generator"): _CpuGenerator,
             (dist, "init_process_group"): self._init_process_group(dist.init_process_group),
             (c10d, "init_process_group"): self._init_process_group(c10d.init_process_group),

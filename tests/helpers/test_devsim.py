@@ -86,6 +86,30 @@ def test_cpu_scalars_join_cuda_ops_but_cuda_scalars_do_not_join_cpu_ops():
             torch.cat([x, torch.ones(3)])
 
 
+def test_memory_is_taken_by_live_and_cached_blocks_until_empty_cache():
+    """mem_get_info as a process sees its GPU under torch's caching allocator: a freed tensor's
+    block stays taken until empty_cache(); per device; host tensors take none of it."""
+    from helpers.devsim import DEVICE_MEMORY
+
+    with simulated_cuda(megatron=False):
+        assert torch.cuda.mem_get_info() == (DEVICE_MEMORY, DEVICE_MEMORY)
+        x = torch.zeros(1 << 20, device="cuda")  # 4 MiB
+        host = torch.zeros(1 << 20)
+        free = lambda *device: torch.cuda.mem_get_info(*device)[0]  # noqa: E731
+        assert free() == DEVICE_MEMORY - (4 << 20) and free(1) == free("cuda:1") == DEVICE_MEMORY
+        view = x[: 1 << 10]
+        del x
+        assert free() == DEVICE_MEMORY - (4 << 20)  # a view keeps the storage alive
+        del view
+        assert free() == DEVICE_MEMORY - (4 << 20)  # freed, but cached
+        torch.cuda.empty_cache()
+        assert free() == DEVICE_MEMORY and host.sum() == 0
+        torch.cuda.set_device(1)
+        y = torch.ones(256, device="cuda")
+        assert free(1) == free() == DEVICE_MEMORY - 1024 and free(0) == DEVICE_MEMORY
+        del y
+
+
 def _collectives() -> dict:
     import torch.distributed as dist
 

@@ -57,16 +57,33 @@ def _failure(fn) -> str:
 
 
 def _step(tp: int, out_dir: str, negative_controls: bool) -> dict:
+    import torch
     from helpers.devsim import simulated_cuda
 
     from megatron_prorl.runtime.distributed import shutdown_distributed
     from megatron_prorl.train.stages import stage_of
     from megatron_prorl.train.trainer import Trainer
 
+    import megatron_prorl.train.trainer as trainer_module
+    from megatron_prorl.weight_sync import WeightSync
+
     out = {}
     with simulated_cuda() as sim:
+        # Marks in the simulation's log of collectives: the engine built, the first weight sync.
+        build, sync = trainer_module.build_engine_from_config, WeightSync.__call__
+        trainer_module.build_engine_from_config = lambda *a, **k: sim.log.append(("engine built",)) or build(*a, **k)
+        WeightSync.__call__ = lambda self: sim.log.append(("weight sync",)) or sync(self)
         trainer = Trainer(_config(tp, out_dir))  # builds the model and engine, syncs weights once
+        trainer_module.build_engine_from_config, WeightSync.__call__ = build, sync
+        out["start_log"] = list(sim.log)
+        calls = []  # the update/generation switch, in order
+        for owner, name in ((trainer.actor, "update"), (trainer.engine, "sleep"), (trainer.engine, "wake"),
+                            (torch.cuda, "empty_cache")):
+            if owner is not None:  # the engine lives on the engine rank only
+                real = getattr(owner, name)
+                setattr(owner, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
         out["metrics"] = trainer.train_step(1, stage_of(trainer.stages, 1))
+        out["switch"] = list(calls)
         out["params"] = {sim.device_of(p) for p in trainer.actor.policy_module.parameters()}
         out["collectives"] = set(sim.collectives)
         if negative_controls:  # each removes one move the rule prescribes: the step must fail
@@ -94,6 +111,23 @@ def test_train_step_keeps_device_discipline(tp, tmp_path):
         collectives = out["collectives"]
         assert {("allreduce_", "nccl", f"cuda:{rank}"), ("broadcast_", "nccl", f"cuda:{rank}"),
                 ("allreduce_", "gloo", "cpu")} <= collectives, collectives
+        # Start-up: the engine rank builds its engine, then every rank meets the others on the
+        # gloo group; only then does the first weight sync enter its NCCL collectives.
+        log = out["start_log"]
+        first_sync = log.index(("weight sync",))
+        if rank == 0:
+            built = log.index(("engine built",))
+            assert log[built + 1:first_sync] == [("barrier", "gloo")], log[built:first_sync + 3]
+        else:
+            assert ("engine built",) not in log and log[first_sync - 1] == ("barrier", "gloo"), log[-10:]
+        if tp == 2:
+            assert log[first_sync + 1][1] == "nccl", log[first_sync:first_sync + 3]
+        # Between the update and the engine's wake the trainer gives its allocator's cache back
+        # (the engine's own sleep empties it too), and says how much that freed and what is free.
+        assert out["switch"] == (["sleep", "empty_cache", "update", "empty_cache", "wake"] if rank == 0
+                                 else ["update", "empty_cache"]), out["switch"]
+        assert metrics["mem/freed_gib"] > 0 and metrics["time/release"] >= 0
+        assert 0 < metrics["mem/free_after_wake_gib"] < metrics["mem/free_before_wake_gib"] < 80
         if tp == 2:  # the weight export gathers TP shards to the engine rank
             assert ("gather_", "nccl", f"cuda:{rank}") in collectives, collectives
         else:

@@ -90,3 +90,49 @@ def test_the_gpu_of_a_rank_under_torchrun_and_under_srun_with_one_gpu_per_task()
     assert cuda_device_index(5, 1) == 0  # srun --gpus-per-task=1: the task's own GPU is device 0
     with pytest.raises(ConfigError, match="local rank 4 but 2 GPUs visible"):
         cuda_device_index(4, 2)
+
+
+def _group_timeouts(minutes: int) -> dict:
+    """Start torch.distributed and Megatron's parallel state as the trainer does (TP2, NCCL on a
+    simulated GPU machine, so the host group is a group of its own) and read each group's
+    timeout off its real gloo backend."""
+    import torch
+    import torch.distributed as dist
+    from helpers.devsim import simulated_cuda
+    from megatron.core import parallel_state as ps
+
+    from megatron_prorl.runtime import device
+    from megatron_prorl.config import ParallelConfig
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
+
+    def timeout(group) -> float:
+        return group._get_backend(torch.device("cpu")).options._timeout.total_seconds() / 60
+
+    with simulated_cuda() as sim:
+        init_distributed(ParallelConfig(tensor_model_parallel_size=2, collective_timeout_minutes=minutes))
+        groups = {"default": dist.group.WORLD, "host": device.host_group(), "tp": ps.get_tensor_model_parallel_group(),
+                  "pp": ps.get_pipeline_model_parallel_group(), "dp": ps.get_data_parallel_group(),
+                  "dp_gloo": ps.get_data_parallel_group_gloo(), "mp": ps.get_model_parallel_group()}
+        out = {name: (sim.backend_of(group), timeout(group)) for name, group in groups.items()}
+        shutdown_distributed()
+    return out
+
+
+def test_the_collective_timeout_reaches_every_process_group():
+    """parallel.collective_timeout_minutes is every group's: the default group (NCCL), the gloo
+    host group, and the groups Megatron-Core makes (through initialize_model_parallel's
+    distributed_timeout_minutes), NCCL and gloo alike. 7 is neither torch's default (30 for
+    gloo, 10 for NCCL) nor Megatron's (30)."""
+    from megatron_prorl.runtime.launch import spawn
+
+    for groups in spawn(_group_timeouts, 2, 7):
+        assert groups == {"default": ("nccl", 7), "host": ("gloo", 7), "tp": ("nccl", 7), "pp": ("nccl", 7),
+                          "dp": ("nccl", 7), "dp_gloo": ("gloo", 7), "mp": ("nccl", 7)}, groups
+
+
+def test_the_collective_timeout_is_checked():
+    from megatron_prorl.config import ConfigError, load_config
+
+    assert load_config().parallel.collective_timeout_minutes == 60
+    with pytest.raises(ConfigError, match="parallel.collective_timeout_minutes=0: must be >= 1"):
+        load_config(overrides=["parallel.collective_timeout_minutes=0"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from megatron_prorl.runtime.launcher_env import (
     LAUNCHER_ENV_PREFIXES,
+    TRAINING_ONLY_ENV,
     applied,
     engine_environment,
     import_environment,
@@ -39,6 +41,21 @@ def test_engine_environment_pins_gpus_and_a_port_of_its_own():
     assert engine_environment({}, ["2", "3"], 1)["CUDA_VISIBLE_DEVICES"] == "2,3"
     with pytest.raises(ValueError, match="no GPUs given"):
         engine_environment({}, [], 1)
+
+
+def test_engine_environment_drops_what_only_training_needs():
+    """What the launch script and torchrun set for the trainer alone is not the engine's; the
+    launch script's NCCL settings (the fabric the engine's communicators use too) stay."""
+    script = (ROOT / "slurm" / "prorl_4node.sh").read_text()
+    exported = dict(re.findall(r"^export (\w+)=\$\{\w+:-([^}]*)\}", script, re.M))
+    assert exported["CUDA_DEVICE_MAX_CONNECTIONS"] == "1" and "CUDA_DEVICE_MAX_CONNECTIONS" in TRAINING_ONLY_ENV
+    torchrun = {"RANK": "5", "WORLD_SIZE": "32", "LOCAL_RANK": "5", "LOCAL_WORLD_SIZE": "8"}
+    trainer = {**exported, **torchrun, **SRUN_ENV, "PATH": "/bin", "MASTER_ADDR": "n1"}
+    env = engine_environment(trainer, ["5"], 41234)
+    assert not set(env) & (TRAINING_ONLY_ENV | set(SRUN_ENV)) and set(torchrun) <= TRAINING_ONLY_ENV
+    nccl = {k: v for k, v in exported.items() if k.startswith(("NCCL_", "TORCH_NCCL_"))}
+    assert nccl and nccl.items() <= env.items()
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["PATH"] == "/bin" and env["MASTER_ADDR"] == "n1"
 
 
 def test_physical_gpu_ids_follow_the_parent_visibility():
