@@ -14,6 +14,8 @@ before any rank starts where it can be; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+# Each command imports its machinery (torch, Megatron-Core, the trainer) when it runs, inside its
+# function: `prorl --help`, a typo in the arguments and `prorl plot` stay fast.
 import argparse
 import contextlib
 import json

@@ -143,11 +143,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, MutableMappi
 
 import torch
 
-from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
-from megatron_prorl.runtime.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
 from megatron_prorl.rollout.base import (Bucket, RolloutEngine, Sample, SamplingParams, SyncStats, check_prompts,
                                          generation_config_eos)
 from megatron_prorl.rollout.hf_export import engine_named_tensors, write_hf_dir
+from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
+from megatron_prorl.runtime.distributed import free_port
+from megatron_prorl.runtime.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RolloutConfig
@@ -441,8 +442,6 @@ class TensorRTLLMEngine(RolloutEngine):
                    kv_cache_max_bytes=cfg.kv_cache_max_bytes)
 
     def _engine_env(self) -> dict[str, str]:
-        from megatron_prorl.runtime.distributed import free_port
-
         return engine_environment(os.environ, self._gpus, free_port())
 
     def _start_ray(self) -> None:

@@ -28,24 +28,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint_convert.checkpoint import CheckpointWriteError
-from megatron_prorl.train import checkpoint as ckpt
-from megatron_prorl.runtime import device
-from megatron_prorl.train.actor import ActorState, PolicyActor, ResetRecord
+from checkpoint_convert import dtypes, load_hf_weights, load_model_checkpoint
+from checkpoint_convert.arch import hf_arch, read_hf_config
+from checkpoint_convert.checkpoint import CheckpointMeta, CheckpointWriteError, resolve_checkpoint, verify_checkpoint
 from megatron_prorl.algo import fill
 from megatron_prorl.algo.reset import ResetTrigger
 from megatron_prorl.config import ProRLConfig, to_yaml
 from megatron_prorl.data import MixedSampler, domain_mix_weights, encode_prompt, load_data
-from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
-from megatron_prorl.train.experience import group_stats, max_response_length, to_train_batch
-from megatron_prorl.train.metrics import MetricsLogger
 from megatron_prorl.models.builder import resolve_dtype, resolve_hf_dir
-from megatron_prorl.runtime.process import STOP_SIGNALS
+from megatron_prorl.rewards import RewardPool
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
 from megatron_prorl.rollout.base import eos_token_ids
 from megatron_prorl.rollout.generate import Group, generate_groups
+from megatron_prorl.runtime import device
+from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
+from megatron_prorl.runtime.process import STOP_SIGNALS
+from megatron_prorl.train import checkpoint as ckpt
+from megatron_prorl.train.actor import ActorState, PolicyActor, ResetRecord
+from megatron_prorl.train.experience import group_stats, max_response_length, to_train_batch
+from megatron_prorl.train.metrics import MetricsLogger
 from megatron_prorl.train.stages import Stage, resolve_stages, stage_of, total_steps
 from megatron_prorl.train.validate import validate
+from megatron_prorl.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +122,6 @@ class Trainer:
     # ------------------------------------------------------------------------ set-up
     def _start_distributed(self) -> None:
         """Check the layout against the model before starting the process group; roles."""
-        from checkpoint_convert.arch import hf_arch, read_hf_config
-
         cfg = self.cfg
         self.hf_dir = resolve_hf_dir(cfg.model.hf_dir)
         self.hf_config = read_hf_config(self.hf_dir)
@@ -147,9 +149,6 @@ class Trainer:
     def _restore_or_initialise(self) -> None:
         """Resume the run's newest intact checkpoint; else start from checkpoint.load (a trainer
         checkpoint, or a converted model) or the HF weights."""
-        from checkpoint_convert import load_hf_weights, load_model_checkpoint
-        from checkpoint_convert.checkpoint import resolve_checkpoint, verify_checkpoint
-
         cfg = self.cfg
         self.out = Path(cfg.trainer.output_dir)
         self.ckpts = ckpt.CheckpointManager(self.out / "checkpoints", cfg.checkpoint.keep_last)
@@ -181,9 +180,6 @@ class Trainer:
         kernels) while their peers have nothing to do: all ranks meet on the host group (gloo)
         before the first sync, so the wait is a CPU barrier with parallel.collective_timeout_minutes,
         not an NCCL gather spinning on the GPU."""
-        from megatron_prorl.rewards import RewardPool
-        from megatron_prorl.weight_sync import WeightSync
-
         cfg = self.cfg
         self.engine = self.pool = None
         if self.is_engine_rank:
@@ -419,9 +415,6 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        from checkpoint_convert import dtypes
-        from checkpoint_convert.checkpoint import CheckpointMeta
-
         p = self.cfg.parallel
         meta = CheckpointMeta(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
                               dtype=dtypes.name_of(resolve_dtype(self.cfg.model)), family=self.arch.family)
