@@ -23,6 +23,8 @@ machine, and an operation that would fail there fails here:
 Labels are kept per storage (``untyped_storage()``), not per tensor object, so
 views, ``param.data = ...`` swaps (``Module.to``) and Megatron's parameter buffers keep them.
 Tensors the modes never saw created (``torch.from_numpy``, unpickled ones) count as CPU tensors.
+The same bookkeeping counts bytes per device (``allocated``, ``max_allocated``, ``reset_peak``:
+what ``torch.cuda.memory_allocated`` and its peak report on a GPU), for memory tests.
 
 Why not the alternatives (torch 2.13.0+cpu, tried): FakeTensorMode with a "cuda" device aborts in
 C++ on the first linear layer; the "meta" device has no data (sampling, rewards and ``.item()``
@@ -64,10 +66,18 @@ def _describe(tensors) -> str:
 
 class _Labels:
     """Simulated device per storage. A storage's Python object lives as long as its memory
-    (torch preserves it), so it is the key: by id, checked by identity, forgotten when freed."""
+    (torch preserves it), so it is the key: by id, checked by identity, forgotten when freed.
+
+    It also counts bytes: every labelled storage's size adds to its device's live bytes until
+    the storage is freed (or resized, see :meth:`refresh`), and each device's peak is kept, as
+    ``torch.cuda.memory_allocated`` / ``max_memory_allocated`` count on a GPU (without the
+    caching allocator's rounding to 512-byte blocks).
+    """
 
     def __init__(self):
-        self._by_id: dict[int, tuple[str, weakref.ref]] = {}
+        self._by_id: dict[int, tuple[str, weakref.ref, int]] = {}
+        self.live: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
 
     @staticmethod
     def _storage(t: torch.Tensor):
@@ -82,17 +92,42 @@ class _Labels:
         entry = None if s is None else self._by_id.get(id(s))
         return entry[0] if entry is not None and entry[1]() is s else CPU
 
+    def _count(self, label: str, nbytes: int) -> None:
+        if label == CPU:
+            return
+        live = self.live[label] = self.live.get(label, 0) + nbytes
+        if live > self.peak.get(label, 0):
+            self.peak[label] = live
+
     def set(self, t: torch.Tensor, label: str) -> None:
         s = self._storage(t)
         if s is None:
             return
         key = id(s)
+        old = self._by_id.get(key)
+        if old is not None and old[1]() is s:  # relabelled: its bytes move
+            self._count(old[0], -old[2])
 
         def forget(ref, key=key):
-            if self._by_id.get(key, (None, None))[1] is ref:
+            entry = self._by_id.get(key)
+            if entry is not None and entry[1] is ref:
                 del self._by_id[key]
+                self._count(entry[0], -entry[2])
 
-        self._by_id[key] = (label, weakref.ref(s, forget))
+        nbytes = s.nbytes()
+        self._by_id[key] = (label, weakref.ref(s, forget), nbytes)
+        self._count(label, nbytes)
+
+    def refresh(self, t: torch.Tensor) -> None:
+        """Recount a storage an in-place op may have resized (``resize_``, ``set_``)."""
+        s = self._storage(t)
+        entry = None if s is None else self._by_id.get(id(s))
+        if entry is not None and entry[1]() is s and s.nbytes() != entry[2]:
+            self._by_id[id(s)] = (entry[0], entry[1], s.nbytes())
+            self._count(entry[0], s.nbytes() - entry[2])
+
+    def reset_peak(self) -> None:
+        self.peak = dict(self.live)
 
 
 def _storages(tensors) -> set[int]:
@@ -133,12 +168,16 @@ class _Dispatch(TorchDispatchMode):
             for t in _tensors(out):
                 if id(labels._storage(t)) not in own:  # in-place results and views keep theirs
                     labels.set(t, label)
+                else:
+                    labels.refresh(t)
             return out
 
     def _op_device(self, func, args, inputs) -> str:
         """The device the op runs on; raises when its inputs would be on two devices."""
         labels = self.sim.labels
         if func in _CROSS_DEVICE:  # the result is where the function mode says (or in place)
+            if self.sim.move_target is not None:  # a device move: the copy is born there
+                return self.sim.move_target
             return labels.get(inputs[0]) if inputs else CPU
         checked = inputs
         if func in _INDEXING:  # CPU index tensors are fine; the indexed tensor and values decide
@@ -188,8 +227,12 @@ class _Function(TorchFunctionMode):
               memory_format=torch.preserve_format) -> torch.Tensor:
         labels = self.sim.labels
         source = labels.get(t)
-        out = t.to(CPU, dtype=dtype, non_blocking=non_blocking, copy=copy or source != target,
-                   memory_format=memory_format)
+        self.sim.move_target = target
+        try:
+            out = t.to(CPU, dtype=dtype, non_blocking=non_blocking, copy=copy or source != target,
+                       memory_format=memory_format)
+        finally:
+            self.sim.move_target = None
         if out is not t:
             labels.set(out, target)
         return out
@@ -258,9 +301,23 @@ class SimulatedCuda:
         self.current = 0
         self.backends: dict[str, str] = {}  # process group name -> "nccl" | "gloo"
         self.collectives: set[tuple[str, str, str]] = set()  # (op, group backend, device) checked
+        self.move_target: Optional[str] = None  # while a device move copies: where the copy goes
 
     def device_of(self, t: torch.Tensor) -> str:
         return self.labels.get(t)
+
+    # ---- memory -----------------------------------------------------------------------------
+    def allocated(self, device: str) -> int:
+        """Bytes of live storages on ``device`` (e.g. "cuda:0"): torch.cuda.memory_allocated."""
+        return self.labels.live.get(device, 0)
+
+    def max_allocated(self, device: str) -> int:
+        """The most bytes live on ``device`` since the last :meth:`reset_peak` (or the start)."""
+        return self.labels.peak.get(device, 0)
+
+    def reset_peak(self) -> None:
+        """Start each device's peak afresh from its live bytes (torch.cuda.reset_peak_memory_stats)."""
+        self.labels.reset_peak()
 
     def backend_of(self, group) -> str:
         return self.backends.get(group.group_name, "gloo")
