@@ -240,6 +240,9 @@ class TrainerConfig:
     generation_chunks: int = 2
     seed: int = 42
     output_dir: str = "runs/default"
+    # `prorl train` on GPUs refuses a config whose memory plan (`prorl plan`) exceeds the GPU, naming
+    # the stage, phase and shortfall; true runs it anyway (the plan is then only logged).
+    ignore_memory_plan: bool = False
 
 
 @dataclass

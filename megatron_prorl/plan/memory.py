@@ -480,16 +480,19 @@ def engine_terms(inp: Inputs, params: int) -> dict[str, int]:
     return {"engine_weights": engine_weights_bytes(inp), **transformers_generation_bytes(inp)}
 
 
-def engine_asleep(inp: Inputs) -> dict[str, int]:
-    """What the engine keeps while it sleeps: TensorRT-LLM's worker process (context, NCCL) stays;
-    its weights, KV cache and buffers are released (trtllm.py sleep(): every ExecutorMemoryType
-    tag). The transformers engine moves its weights to the host (hf_engine.py sleep())."""
+def engine_idle(inp: Inputs, awake: dict[str, int]) -> dict[str, int]:
+    """What the engine keeps while the trainer works. Asleep (rollout.sleep_during_training):
+    TensorRT-LLM's worker process stays (context, NCCL) while its weights, KV cache and buffers
+    are released (trtllm.py sleep(): every ExecutorMemoryType tag); the transformers engine moves
+    its weights to the host (hf_engine.py sleep()). Awake but idle: TensorRT-LLM keeps weights and
+    its preallocated KV cache, the transformers engine its weights (its cache lives per call)."""
     if not inp.engine_here:
         return {}
-    if not inp.sleep:
-        awake = engine_terms(inp, 0)
-        return {k: v for k, v in awake.items() if k != "engine_activations"}
-    return {"engine_runtime": inp.engine_runtime_bytes} if inp.engine == "tensorrt_llm" else {}
+    if inp.engine == "tensorrt_llm":
+        keep = ("engine_runtime",) if inp.sleep else ("engine_weights", "kv_cache", "engine_runtime")
+    else:
+        keep = () if inp.sleep else ("engine_weights",)
+    return {k: v for k, v in awake.items() if k in keep}
 
 
 def phases(inp: Inputs, pp_rank: int = 0) -> dict[str, Phase]:
@@ -499,21 +502,19 @@ def phases(inp: Inputs, pp_rank: int = 0) -> dict[str, Phase]:
     state = trainer_state(inp, params)
     last = pp_rank == inp.pp - 1
     engine = engine_terms(inp, params)
-    asleep = engine_asleep(inp)
+    idle = engine_idle(inp, engine)
     batch = {"batch": batch_bytes(inp)}
 
-    gen = Phase({**state, **engine})
-
     ref_on_device = weights_bytes(params, inp.param_bytes) if (inp.kl and inp.offload_reference) else 0
-    lp = Phase({**state, **asleep, **batch, "reference_on_device": ref_on_device,
-                "logprob_outputs": logprob_outputs_bytes(inp),
-                "logits": logits_bytes(inp, grad=False) if last else 0})
+    lp_transient = {"reference_on_device": ref_on_device, "logprob_outputs": logprob_outputs_bytes(inp),
+                    "logits": logits_bytes(inp, grad=False) if last else 0}
+    lp = Phase({**state, **idle, **batch, **lp_transient})
 
     acts = activation_bytes(inp, pp_rank)
     forward_peak = acts["activations"] + (logits_bytes(inp, grad=True) if last else 0)
     backward_peak = acts["backward"]
     step_peak = optimizer_step_bytes(inp, params)
-    upd = Phase({**state, **asleep, **batch})
+    upd = Phase({**state, **idle, **batch})
     # The update's peak is its largest moment: the loss forward of a micro-batch (all it keeps
     # plus the logits path), a layer's backward, or the optimizer step.
     if forward_peak >= max(backward_peak, step_peak):
@@ -523,14 +524,19 @@ def phases(inp: Inputs, pp_rank: int = 0) -> dict[str, Phase]:
     else:
         upd.terms["optimizer_step"] = step_peak
 
+    # PyTorch's caching allocator keeps the blocks of the update (and of the log-prob passes,
+    # unless the reference offload's empty_cache() returned them after the last one) reserved
+    # while the engine wakes and through the next generation, unless the trainer returns them.
     cache = 0
     if inp.allocator_cache and not inp.release_cache_before_wake:
         cache = max(forward_peak, backward_peak, step_peak)
-    wake_engine = {k: v for k, v in engine.items() if k != "engine_activations"}
-    if inp.engine_here and inp.engine == "transformers":
-        wake_engine = {"engine_weights": engine["engine_weights"]}
+        if not (inp.kl and inp.offload_reference):
+            cache = max(cache, sum(lp_transient.values()))
+    wake_engine = {k: v for k, v in engine.items()
+                   if k in ("engine_weights", "engine_runtime") or (k == "kv_cache" and inp.engine == "tensorrt_llm")}
     wake = Phase({**state, **wake_engine, "trainer_allocator_cache": cache,
                   "weight_sync": sync_bytes(inp) if inp.engine_here else 0})
+    gen = Phase({**state, **engine, "trainer_allocator_cache": cache})
     return {"generation": gen, "logprobs": lp, "update": upd, "wake": wake}
 
 
@@ -548,7 +554,4 @@ def worst_gpu(inp: Inputs) -> dict[str, Phase]:
                 best[name] = p
     return best
 
-
-def gib(n: float) -> str:
-    return f"{n / GiB:.2f}"
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 from megatron_prorl.config import ConfigError, ProRLConfig
 from megatron_prorl.plan.inputs import Target, shape_of, stage_inputs
-from megatron_prorl.plan.memory import PHASES, GiB, Inputs, Phase, Shape, worst_gpu
+from megatron_prorl.plan.memory import PHASES, GiB, Inputs, MiB, Phase, Shape, worst_gpu
 
 
 @dataclass
@@ -47,22 +47,21 @@ def to_json(plans: list[StagePlan], gpu_bytes: int) -> str:
         for p in plans]}, indent=1)
 
 
-def _gib(n: int) -> str:
-    return f"{n / GiB:.2f}" if n else "-"
-
-
 def table(plan: StagePlan) -> str:
-    """Terms (rows) by phase (columns) in GiB, the peak row, and the verdict."""
+    """Terms (rows) by phase (columns), the peak row: GiB, or MiB for a small plan."""
+    unit, scale = ("GiB", GiB) if plan.peak >= 8 * GiB else ("MiB", MiB)
     terms: list[str] = []
     for ph in plan.phases.values():
         terms += [t for t in ph.terms if t not in terms]
     width = max(len(t) for t in terms + ["peak"]) + 2
-    head = f"{'GiB':<{width}}" + "".join(f"{p:>12}" for p in PHASES)
+
+    def row(name, values):
+        return f"{name:<{width}}" + "".join(f"{(f'{v / scale:.2f}' if v else '-'):>12}" for v in values)
+
+    head = f"{unit:<{width}}" + "".join(f"{p:>12}" for p in PHASES)
     lines = [head, "-" * len(head)]
-    for t in terms:
-        lines.append(f"{t:<{width}}" + "".join(f"{_gib(plan.phases[p].terms.get(t, 0)):>12}" for p in PHASES))
-    lines.append("-" * len(head))
-    lines.append(f"{'peak':<{width}}" + "".join(f"{_gib(plan.phases[p].peak):>12}" for p in PHASES))
+    lines += [row(t, [plan.phases[p].terms.get(t, 0) for p in PHASES]) for t in terms]
+    lines += ["-" * len(head), row("peak", [plan.phases[p].peak for p in PHASES])]
     return "\n".join(lines)
 
 

@@ -50,6 +50,7 @@ from torch.utils._pytree import tree_leaves
 
 CPU = "cpu"
 DEVICE_COUNT = 8  # what torch.cuda.device_count() reports: one node's GPUs
+DEVICE_MEMORY = 81559 << 20  # each device's total, as torch.cuda.mem_get_info reports an H100 80GB's
 
 aten = torch.ops.aten
 _METHOD_WRAPPER = type(torch._C.TensorBase.device.__get__)
@@ -296,8 +297,9 @@ class _CpuGenerator(torch._C.Generator, metaclass=_AnyGenerator):
 class SimulatedCuda:
     """The simulation's state: labels, the current device index, each group's backend."""
 
-    def __init__(self):
+    def __init__(self, memory: int = DEVICE_MEMORY):
         self.labels = _Labels()
+        self.memory = memory
         self.current = 0
         self.backends: dict[str, str] = {}  # process group name -> "nccl" | "gloo"
         self.collectives: set[tuple[str, str, str]] = set()  # (op, group backend, device) checked
@@ -381,9 +383,14 @@ class SimulatedCuda:
             raise DeviceMismatch(f"torch.cuda.set_device({device!r}): {DEVICE_COUNT} simulated devices")
         self.current = index
 
+    def _mem_get_info(self, device=None) -> tuple[int, int]:
+        index = self.current if device is None else (device if isinstance(device, int) else torch.device(device).index)
+        return self.memory - self.allocated(f"cuda:{self.current if index is None else index}"), self.memory
+
     def patches(self) -> dict[tuple[object, str], object]:
         cuda = torch.cuda
         return {
+            (cuda, "mem_get_info"): self._mem_get_info,
             (cuda, "is_available"): lambda: True,
             (cuda, "device_count"): lambda: DEVICE_COUNT,
             (cuda, "current_device"): lambda: self.current,
@@ -398,18 +405,19 @@ class SimulatedCuda:
 
 
 @contextlib.contextmanager
-def simulated_cuda(megatron: bool = True) -> Iterator[SimulatedCuda]:
+def simulated_cuda(megatron: bool = True, memory: int = DEVICE_MEMORY) -> Iterator[SimulatedCuda]:
     """Run the body as on a CUDA machine, strictly checked; everything is restored on exit.
 
     ``megatron``: enable the project's CPU backend first (process-wide by design, and before
     ``is_available()`` turns True: it refuses to run on a GPU machine); tests that use neither
-    Megatron-Core nor CUDA streams skip its import.
+    Megatron-Core nor CUDA streams skip its import. ``memory``: each device's total bytes
+    (``torch.cuda.mem_get_info``: free is the total less the device's live tensors).
     """
     if megatron:
         from megatron_prorl import cpu_backend
 
         cpu_backend.enable()
-    sim = SimulatedCuda()
+    sim = SimulatedCuda(memory)
     saved = {}
     try:
         for (owner, name), value in sim.patches().items():
