@@ -66,8 +66,9 @@ def test_without_cuda_each_says_so_without_a_traceback(runs, name):
     assert code == (1 if name == "selftest" else 0)
 
 
-def test_the_bench_scripts_are_the_three_measurements():
-    assert [p.name for p in BENCHES] == ["bench_policy_mfu.py", "bench_rollout.py", "bench_weight_sync.py"]
+def test_the_bench_scripts_are_the_four_measurements():
+    assert [p.name for p in BENCHES] == ["bench_memory_plan.py", "bench_policy_mfu.py", "bench_rollout.py",
+                                         "bench_weight_sync.py"]
     assert tuple(f"bench/gpu/{p.name}" for p in BENCHES) == _load(ROOT / "scripts" / "gpu_selftest.py").BENCHES
 
 

@@ -389,8 +389,16 @@ class SimulatedCuda:
 
     def patches(self) -> dict[tuple[object, str], object]:
         cuda = torch.cuda
+        here = lambda *a, **k: f"cuda:{self.current}"  # noqa: E731
         return {
             (cuda, "mem_get_info"): self._mem_get_info,
+            # No caching allocator: reserved is allocated.
+            (cuda, "memory_allocated"): lambda *a, **k: self.allocated(here()),
+            (cuda, "max_memory_allocated"): lambda *a, **k: self.max_allocated(here()),
+            (cuda, "memory_reserved"): lambda *a, **k: self.allocated(here()),
+            (cuda, "max_memory_reserved"): lambda *a, **k: self.max_allocated(here()),
+            (cuda, "reset_peak_memory_stats"): lambda *a, **k: self.reset_peak(),
+            (cuda, "get_device_name"): lambda *a, **k: "simulated CUDA device",
             (cuda, "is_available"): lambda: True,
             (cuda, "device_count"): lambda: DEVICE_COUNT,
             (cuda, "current_device"): lambda: self.current,

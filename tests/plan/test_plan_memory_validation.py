@@ -12,11 +12,15 @@ TP2 with and without recomputation (the engine's rank and the other).
 
 Negative control: the comparison fails when any of the terms that matter at these shapes is
 removed from the prediction.
+
+The GPU benchmark that checks the model on real GPUs (bench/gpu/bench_memory_plan.py) runs here
+too, on the simulated device in bf16 at small shapes: its measurement and the plan agree.
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +148,29 @@ def test_removing_a_term_breaks_the_prediction(measurements, term):
     """Negative control: each of these terms is needed to come within 10%."""
     assert any(term in p for row in measurements for p in row["predicted"].values())
     assert _misses(measurements, drop=term), f"the prediction stays within 10% without {term}"
+
+
+def _benchmark_on_the_simulated_device() -> dict:
+    import argparse
+    import sys
+
+    from helpers.devsim import simulated_cuda
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "gpu"))
+    import bench_memory_plan
+    import gpu_common
+
+    small = {**gpu_common.r1_distill_qwen_1p5b(), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024, "bos_token_id": 1,
+             "eos_token_id": 1}
+    bench_memory_plan.r1_distill_qwen_1p5b = lambda: dict(small)
+    args = argparse.Namespace(prompt=32, response=16, prompts=2, n=2, micro_batch=1, no_recompute=False)
+    with simulated_cuda():
+        return bench_memory_plan._step(args, "transformers")
+
+
+def test_the_gpu_benchmark_measures_what_the_plan_predicts_in_bf16():
+    r = spawn(_benchmark_on_the_simulated_device, 1)[0]
+    assert set(r["measured"]) == {"generation", "logprobs", "update", "wake"}
+    for phase, m in r["measured"].items():
+        assert abs(r["predicted"][phase] / m["allocated"] - 1) < TOLERANCE, (phase, m, r["predicted"])
