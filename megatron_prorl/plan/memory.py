@@ -197,16 +197,9 @@ def adam_bytes(params: int, dp: int, distributed: bool) -> int:
     return params * 8 // (dp if distributed else 1)
 
 
-def megatron_theoretical_weight_and_optimizer_bytes_per_param(distributed: bool, dp: int) -> float:
-    """Megatron-LM core_v0.16.1 megatron/training/theoretical_memory_usage.py,
-    compute_weight_and_optimizer_memory: ``18 if not use_distributed_optimizer else 6 + 12/dp``
-    (bf16 weights, fp32 grads, fp32 master weights and Adam moments)."""
-    return 18 if not distributed else 6 + 12 / dp
-
-
 # ------------------------------------------------------------------------ activations
 
-def micro_batch(inp: Inputs, logprob_pass: bool = False) -> tuple[int, int]:
+def micro_batch(inp: Inputs) -> tuple[int, int]:
     """(rows b, row length s) of the largest micro-batch. Fixed micro-batches: micro_batch_rows
     rows of the stage's longest sequence; a token budget (issue 22): as many whole rows as fit,
     or one packed row of up to the budget."""
@@ -228,7 +221,9 @@ def layer_activation_bytes(spec: str, b: int, s: int, h: int, f: int, a: int, g:
     torch.nn.RMSNorm's pow/mul, LinearWithGradAccumulationAndAsyncCommunication's ctx), 4 a d / t
     (DotProductAttention: the reshaped query, repeat_interleave'd K and V, the context fed to
     linear_proj), 5 f / t (MLP.glu: fc1's output, ``x_linear + glu_linear_offset``, silu's output,
-    fc2's input) and the two norms' rstd; the softmax output, a s / t per token (the unfused
+    fc2's input) and the two norms' rstd (with a = g, no repeat_interleave: K is the RoPE output
+    and V a view of the fused QKV output, kept whole, 6 a d / t instead of 4); the softmax output,
+    a s / t per token (the unfused
     [b, a/t, s, s] probabilities), and the causal mask [s, s] bool it was masked with; RoPE's cos
     and sin for q and k, [s, d] each (rope_utils: ``t * cos`` saves only cos). Dropout with p=0
     keeps nothing.
@@ -241,7 +236,8 @@ def layer_activation_bytes(spec: str, b: int, s: int, h: int, f: int, a: int, g:
     """
     tokens = b * s
     if spec == "local":
-        elements = tokens * (6 * h + 4 * a * d // tp + 5 * f // tp + 2) + b * (a // tp) * s * s + 4 * s * d
+        attention = (4 if g < a else 6) * a * d // tp
+        elements = tokens * (6 * h + attention + 5 * f // tp + 2) + b * (a // tp) * s * s + 4 * s * d
         return elements * dtype_bytes + s * s
     if sp:
         return int(tokens * h * (18 + 4 * f / h) / tp * dtype_bytes / 2)
@@ -315,7 +311,7 @@ def logits_bytes(inp: Inputs, grad: bool) -> int:
     the parameter dtype ([b, s, V/t], GPTModel transposes them to batch-first, a contiguous copy
     the [s, b, V/t] original is freed for) plus the fp32 copies the log-prob and entropy code keeps
     alive (over one chunk with model.logprob_chunk_tokens)."""
-    b, s = micro_batch(inp, logprob_pass=not grad)
+    b, s = micro_batch(inp)
     v = padded_vocab(inp.shape.vocab, inp.tp) // inp.tp
     tokens = b * s
     fp32_tokens = min(tokens, inp.logprob_chunk_tokens or tokens)
@@ -412,11 +408,9 @@ def transformers_generation_bytes(inp: Inputs) -> dict[str, int]:
     sampled tokens [rows, R] int64 and log-probs fp32, the attention mask [rows, T] int64 and its
     extension. Decoding does not repeat K and V per query head (transformers'
     sdpa_attention_forward packs the query instead, pack_gqa, when q_length == 1)."""
-    s = inp.shape
     rows, length = inp.engine_rows, inp.prompt_len + inp.response_len - 1
-    per_token_layer = 2 * s.kv_heads * s.head_dim * inp.engine_bytes
-    cache = rows * length * per_token_layer * s.layers
-    step = rows * length * per_token_layer // 2
+    cache = rows * length * kv_bytes_per_token(inp.shape, inp.engine_bytes)
+    step = cache // (2 * inp.shape.layers)
     buffers = rows * inp.response_len * 12 + 2 * rows * length * 8
     return {"kv_cache": cache, "engine_activations": step + buffers}
 

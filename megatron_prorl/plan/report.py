@@ -9,7 +9,7 @@ from typing import Optional
 
 from megatron_prorl.config import ConfigError, ProRLConfig
 from megatron_prorl.plan.inputs import Target, shape_of, stage_inputs
-from megatron_prorl.plan.memory import PHASES, GiB, Inputs, MiB, Phase, Shape, worst_gpu
+from megatron_prorl.plan.memory import PHASES, GiB, Inputs, MiB, Phase, Shape, kv_bytes_per_token, worst_gpu
 
 
 @dataclass
@@ -141,6 +141,11 @@ def render(cfg: ProRLConfig, target: Target, plans: list[StagePlan], shape: Shap
                       f"{i.max_tokens_per_micro_batch or i.micro_batch_rows} "
                       f"{'tokens' if i.max_tokens_per_micro_batch else 'rows'}, recompute {'on' if i.recompute else 'off'}",
                   table(plan), verdict(plan)]
+        kv = plan.phases["generation"].terms.get("kv_cache", 0)
+        if kv and i.engine == "tensorrt_llm":
+            per_token = kv_bytes_per_token(i.shape, i.engine_bytes, i.engine_tp)
+            lines.append(f"  the engine's KV cache holds {kv // per_token:,} tokens ({per_token:,} bytes each): "
+                         f"{kv // per_token // i.seq_len} rows of {i.seq_len} tokens at once")
         if not plan.fits:
             alts = alternatives(cfg, target, plan.name, shape)
             if alts:

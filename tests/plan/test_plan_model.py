@@ -60,8 +60,6 @@ def _ours(s: M.Shape, tp: int, dp: int, distributed: bool) -> int:
 def test_weights_and_optimizer_equal_megatrons_theoretical_memory(distributed, dp):
     """bf16 weights + fp32 gradients + fp32 master weights + Adam = Megatron's 18 (or 6 + 12/dp)
     bytes per parameter, on the same parameter count (TP 1, no QKV bias: Megatron's count has none)."""
-    assert M.megatron_theoretical_weight_and_optimizer_bytes_per_param(distributed, dp) == (
-        18 if not distributed else 6 + 12 / dp)
     ours = _ours(LLAMA_LIKE, 1, dp, distributed)
     assert ours == pytest.approx(megatron_weight_and_optimizer_memory(_megatron_args(LLAMA_LIKE, 1, dp, distributed)),
                                  rel=1e-12)
