@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -255,6 +255,9 @@ class TrainerConfig:
     generation_chunks: int = 2
     seed: int = 42
     output_dir: str = "runs/default"
+    # `prorl train` on GPUs refuses a config whose memory plan (`prorl plan`) exceeds the GPU, naming
+    # the stage, phase and shortfall; true runs it anyway (the plan is then only logged).
+    ignore_memory_plan: bool = False
 
 
 @dataclass
@@ -319,6 +322,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise _explain(exc, str(path)) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    return _finish(cfg, overrides)
+
+
+def with_overrides(cfg: ProRLConfig, overrides: Sequence[str]) -> ProRLConfig:
+    """``cfg`` with ``key=value`` overrides applied and checked as :func:`load_config` does."""
+    return _finish(OmegaConf.structured(cfg), overrides)
+
+
+def _finish(node: DictConfig, overrides: Sequence[str]) -> ProRLConfig:
+    _apply_overrides(node, overrides)
+    obj = OmegaConf.to_object(node)
+    check_fields(obj)
+    return obj
+
+
+def _apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply ``key=value`` items to ``cfg`` in place, each checked against its field."""
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or not key:
@@ -335,9 +355,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': the value is not valid YAML "
                               f"({getattr(exc, 'problem', None) or exc})") from None
-    obj = OmegaConf.to_object(cfg)
-    check_fields(obj)
-    return obj
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
