@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,8 @@ import psutil
 import pytest
 
 from experiments.prorl_tiny import report as rep
-from experiments.prorl_tiny.study import BUDGETS, plan
+from experiments.prorl_tiny.runner import Runner, is_done, log_file, marker
+from experiments.prorl_tiny.study import BUDGETS, Unit, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("## Summary", "## Setup", "## Claim 1:", "## Claim 2:", "## Claim 3:", "## Claim 4:", "## Regimes",
@@ -52,13 +54,19 @@ def processes_in(directory: Path) -> list[psutil.Process]:
 
 def test_smoke_study_survives_a_kill_and_writes_the_report(tmp_path):
     out = tmp_path / "study"
-    done = out / ".done"
     first = study(out, "run")
     # Kill the runner (SIGKILL: no handler runs) once one training run is finished and the
     # next has written a checkpoint: its units must die with it, and a rerun must resume.
-    wait_for(lambda: (done / "train__full-s42.json").is_file() or first.poll() is not None, 400, "a finished run")
+    wait_for(lambda: (out / "study.json").is_file() or first.poll() is not None, 60, "the study to start")
+    meanwhile = study(out, "run")  # a second runner on the same study is refused
+    assert meanwhile.communicate(timeout=60)[0].strip().endswith("wait for it or stop it first")
+    assert meanwhile.returncode == 2
+    units = plan(BUDGETS["smoke"])
+    train = {u.name.split("/")[1]: u for u in units if u.kind == "train"}
+    wait_for(lambda: marker(out, train["full-s42"]).is_file() or first.poll() is not None, 400, "a finished run")
+
     def checkpointed_but_running() -> bool:
-        return any(not (done / f"train__{d.parents[1].name}.json").exists()
+        return any(not marker(out, train[d.parents[1].name]).exists()
                    for d in out.glob("train/*/checkpoints/step_00000002"))
 
     wait_for(lambda: checkpointed_but_running() or first.poll() is not None, 300, "a checkpoint of a running unit")
@@ -68,22 +76,22 @@ def test_smoke_study_survives_a_kill_and_writes_the_report(tmp_path):
     assert "start train/full-s42" in log and "done train/full-s42" in log, log
     wait_for(lambda: not processes_in(out), 30, "the killed runner's units to die")
 
-    finished = {p.name: p.stat().st_mtime_ns for p in done.glob("*.json")}
-    interrupted = [u for u in plan(BUDGETS["smoke"]) if u.kind == "train"
-                   and f"{u.name.replace('/', '__')}.json" not in finished
+    finished = {u.name: marker(out, u).stat().st_mtime_ns for u in units if marker(out, u).is_file()}
+    interrupted = [u for u in train.values() if u.name not in finished
                    and (out / u.out / "checkpoints" / "step_00000002").is_dir()]
     assert interrupted, sorted(finished)
     second = study(out, "run")
     log = second.communicate(timeout=600)[0]
     assert second.returncode == 0, log[-4000:]
     assert f"skipping {len(finished)} finished unit(s)" in log, log
-    for name, mtime in finished.items():  # finished units were not run again
-        assert (done / name).stat().st_mtime_ns == mtime, name
-        assert f"start {name[:-5].replace('__', '/')} " not in log
-    assert len(list(done.glob("*.json"))) == len(plan(BUDGETS["smoke"]))
+    for name in finished:  # finished units were not run again
+        assert f"start {name} " not in log
+    assert {u.name: marker(out, u).stat().st_mtime_ns for u in units if u.name in finished} == finished
+    assert all(marker(out, u).is_file() for u in units)
     for unit in interrupted:  # resumed from its checkpoint, every step recorded once in the end
-        text = (out / "logs" / f"{unit.name.replace('/', '__')}.log").read_text()
-        assert text.count("\n=== ") == 2 and "resumed from" in text, text[-3000:]
+        text = log_file(out, unit).read_text()
+        attempts = text.split("\n=== ")[1:]  # one per start of the unit
+        assert len(attempts) >= 2 and "resumed from" in attempts[-1], text[-3000:]
         steps = [r["step"] for r in map(json.loads, (out / unit.out / "metrics.jsonl").read_text().splitlines())
                  if r["kind"] == "train"]
         assert steps == list(range(1, unit.expect + 1))
@@ -160,3 +168,44 @@ def test_spearman_ranks_ties_and_constant_sides():
     assert rep.spearman([0, 0, 1], [1, 1, 0]) == pytest.approx(-1)
     assert rep.spearman([1, 2, 3], [0, 0, 0]) == 0.0
     assert rep.ranks([5, 1, 5, 0]) == [3.5, 2, 3.5, 1]
+
+
+def _unit(name: str, code: str, deps: tuple[str, ...] = ()) -> Unit:
+    return Unit(name, ("python", "-c", code), deps, cost=1.0)
+
+
+def test_runner_retries_a_failed_unit_once_skips_finished_ones_and_blocks_what_needs_a_failure(tmp_path):
+    flaky = "import pathlib, sys; p = pathlib.Path('seen'); seen = p.exists(); p.touch(); sys.exit(0 if seen else 3)"
+    units = [_unit("a/ok", "print('ok')"), _unit("a/flaky", flaky), _unit("a/bad", "import sys; sys.exit(5)"),
+             _unit("b/after-bad", "print('never')", ("a/bad",)), _unit("b/after-ok", "print(1)", ("a/ok", "a/flaky"))]
+    said: list[str] = []
+    assert Runner(tmp_path, units, jobs=2, say=said.append).run() == 1
+    text = "\n".join(said)
+    assert "FAILED a/flaky: exit code 3; starting it once more" in text
+    assert "FAILED a/bad: exit code 5; starting it once more" in text and "FAILED a/bad: exit code 5; its log" in text
+    assert "1 unit(s) failed: a/bad; not run (they need those): b/after-bad" in text
+    assert [u.name for u in units if is_done(tmp_path, u)] == ["a/ok", "a/flaky", "b/after-ok"]
+    assert log_file(tmp_path, units[1]).read_text().count("\n=== ") == 2
+    assert not log_file(tmp_path, units[3]).exists()
+
+    said.clear()  # a rerun starts only what is not done; a changed command is not done
+    units[0] = _unit("a/ok", "print('changed')")
+    assert Runner(tmp_path, units[:2] + units[4:], jobs=1, say=said.append).run() == 0
+    assert said[0] == "skipping 2 finished unit(s): a/flaky, b/after-ok"
+    assert [s.split()[2] for s in said if " start " in s] == ["a/ok"]
+
+
+def test_runner_stops_its_units_on_sigterm(tmp_path):
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path;"
+              "from experiments.prorl_tiny.runner import Runner; from experiments.prorl_tiny.study import Unit;"
+              "u = Unit('a/sleep', ('python', '-c', 'import time; open(\"started\", \"w\"); time.sleep(60)'), (), 1.0);"
+              f"sys.exit(Runner(Path({str(tmp_path)!r}), [u], 1).run())")
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: (tmp_path / "started").exists(), 60, "the unit to start")
+    children = processes_in(tmp_path)
+    runner.send_signal(signal.SIGTERM)
+    out = runner.communicate(timeout=60)[0]
+    assert runner.returncode == 128 + signal.SIGTERM, out
+    assert "signal SIGTERM: stopping 1 running unit(s)" in out and "stopped a/sleep" in out
+    assert children and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children)
+    assert not marker(tmp_path, Unit("a/sleep", (), (), 1.0)).exists()

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from experiments.prorl_tiny.report import MissingResults, write_report
-from experiments.prorl_tiny.runner import Runner, StudyError, check_study_dir, is_done
-from experiments.prorl_tiny.study import BUDGETS, REPO, hours, plan, total_cost
+from experiments.prorl_tiny.runner import Runner, StudyError, check_study_dir, is_done, lock_study_dir
+from experiments.prorl_tiny.study import BUDGETS, REPO, default_out, hours, plan, total_cost
 
 
 def rerun_command(budget: str) -> str:
@@ -27,16 +27,12 @@ def rerun_command(budget: str) -> str:
     return ".venv/bin/python -m experiments.prorl_tiny run" + ("" if budget == "full" else f" --budget {budget}")
 
 
-def default_out(budget: str) -> Path:
-    return Path("runs") / ("study" if budget == "full" else f"study-{budget}")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.prorl_tiny",
                                 description="ProRL's claims on the embedded tiny model: a resumable study.")
     p.add_argument("command", choices=("run", "report", "plan"))
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full")
-    p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study, "
+    p.add_argument("--out", type=Path, default=None, help="study directory (default: the checkout's runs/study, "
                    "runs/study-smoke for the smoke budget)")
     p.add_argument("--report-dir", type=Path, default=None,
                    help="where the report goes (default: docs/ for the full budget, else OUT/report)")
@@ -45,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     args = p.parse_args(argv)
     budget = BUDGETS[args.budget]
-    out = (args.out or default_out(budget.name)).resolve()
+    out = (args.out or REPO / default_out(budget.name)).resolve()
     report_dir = args.report_dir or (REPO / "docs" if budget.name == "full" else out / "report")
     units = plan(budget)
     try:
@@ -58,11 +54,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if args.command == "run":
             out.mkdir(parents=True, exist_ok=True)
-            check_study_dir(out, budget)
-            print(f"study {out} (budget {budget.name}, {args.jobs} job(s)); logs in {out / 'logs'}", flush=True)
-            rc = Runner(out, units, args.jobs, args.progress_every, say=lambda s: print(s, flush=True)).run()
-            if rc:
-                return rc
+            held = lock_study_dir(out)
+            try:
+                check_study_dir(out, budget)
+                print(f"study {out} (budget {budget.name}, {args.jobs} job(s)); logs in {out / 'logs'}", flush=True)
+                rc = Runner(out, units, args.jobs, args.progress_every, say=lambda s: print(s, flush=True)).run()
+                if rc:
+                    return rc
+            finally:
+                held.close()
         path = write_report(out, budget, report_dir, rerun_command(budget.name))
         print(f"report: {path}")
         return 0

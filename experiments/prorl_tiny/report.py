@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from experiments.prorl_tiny.study import (CREATIVITY_NGRAMS, EVAL_SETS, REPORT_NAME, Budget, benchmark_label,
-                                          benchmark_set, creativity_files, eval_problems, hours, plan, regime_evals,
-                                          total_cost, training_runs)
+                                          benchmark_set, creativity_files, default_out, disk_estimate, eval_problems, hours, plan,
+                                          regime_evals, total_cost, training_runs)
 
 # Verdict thresholds (absolute, on scores in [0, 1]); the report prints them with the rules.
 DELTA_VAL = 0.03  # a move of the validation score (means of several validations)
@@ -388,7 +388,8 @@ def plot_creativity(creativity: dict, path: Path) -> None:
         ls = sorted(u, key=int)
         axes[0][1].plot([int(L) for L in ls], [u[L] for L in ls], marker="o", label=f,
                         color=COLORS["base"] if f == "base" else None)
-    axes[0][1].set(title="L-uniqueness (share of words in no corpus span of L words)", xlabel="L", ylim=(-0.02, 1.02))
+    axes[0][1].set(title="L-uniqueness (share of words in no corpus span of L words)", xlabel="L", ylim=(-0.02, 1.02),
+                   xticks=[int(L) for L in sorted(creativity["uniqueness"][files[0]], key=int)])
     axes[0][1].legend(fontsize=8)
     fig.savefig(path, dpi=110)
 
@@ -441,7 +442,8 @@ def _budget_section(out: Path, b: Budget) -> str:
         f"responses x {c.eval_response * 1e3:.2f} ms + {c.eval_start:.0f} s start) = {hours(evals)}",
         f"- corpus, comparisons, Creativity Index, report: {hours(total_cost(b) - train - evals)}",
         f"- total: **{hours(total_cost(b))} of CPU**, about {hours(total_cost(b) / 2)} of wall time with "
-        "`--jobs 2` on 2 free cores.",
+        f"`--jobs 2` on 2 free cores; about {disk_estimate(b) / 1e9:.1f} GB of disk (evaluation samples and "
+        "every checkpoint).",
         "",
         "Measured in this study's run (per unit kind; `-` where some units ran before the runner recorded them):",
         "",
@@ -593,19 +595,21 @@ def write_report(out: Path, b: Budget, report_dir: Path, command: str) -> Path:
         "",
         "## How to rerun",
         "",
-        "From a fresh clone (Python >= 3.11, CPU only):",
+        "From a fresh clone (Python >= 3.11, CPU only), in the repository root:",
         "",
         "```bash",
         "bash scripts/install.sh",
         command,
         "```",
         "",
-        "It runs every unit above as a `prorl` command (logs in `OUT/logs/`), skips units already finished, and "
+        f"It runs every unit above as a `prorl` command in `{default_out(b.name)}`"
+        " (`--out` elsewhere; logs in `OUT/logs/`), skips units already finished, and "
         "resumes an interrupted one (`prorl train` from its latest checkpoint, `prorl eval` from its finished "
         "chunks): after a kill, rerun the same command. It prints progress and the remaining time every minute, "
         "and writes this report at the end; "
-        f"`python -m experiments.prorl_tiny report --budget {b.name} --out OUT` rewrites it from the results alone. "
-        "`python -m experiments.prorl_tiny plan` lists the units and their estimated CPU time.",
+        f"`{command.replace(' run', ' report')}` rewrites it from the results alone, and "
+        f"`{command.replace(' run', ' plan')}` lists the units, which are done, and their estimated CPU time "
+        "(both take the same `--out`).",
         "",
         "## Verdict rules",
         "",

@@ -10,12 +10,16 @@
 - SIGTERM or Ctrl-C: every running unit gets SIGTERM (``prorl train`` finishes its step and
   writes a checkpoint), the runner waits for them and exits. If the runner itself is killed,
   the kernel kills its units (PR_SET_PDEATHSIG), so a rerun never meets a leftover writer.
-- A failed unit is reported with the end of its log; units that do not need it go on.
+- A failed unit is reported with the end of its log and started once more (a shared machine
+  fails a start now and then: a port taken between its choice and its use); if it fails again,
+  units that do not need it go on and the runner exits 1.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -30,6 +34,7 @@ from typing import Optional, Sequence
 from experiments.prorl_tiny.study import REPO, Budget, Unit, hours
 
 PR_SET_PDEATHSIG = 1
+ATTEMPTS = 2  # per unit and run of the study
 
 
 class StudyError(Exception):
@@ -57,8 +62,17 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def file_name(unit: Unit) -> str:
+    """The unit's name as one path component (its marker and log files)."""
+    return unit.name.replace("/", "__")
+
+
 def marker(out: Path, unit: Unit) -> Path:
-    return out / ".done" / (unit.name.replace("/", "__") + ".json")
+    return out / ".done" / f"{file_name(unit)}.json"
+
+
+def log_file(out: Path, unit: Unit) -> Path:
+    return out / "logs" / f"{file_name(unit)}.log"
 
 
 def is_done(out: Path, unit: Unit) -> bool:
@@ -83,19 +97,46 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def budget_settings(budget: Budget) -> dict:
+    """What decides the results (the cost model only feeds the estimates)."""
+    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(budget).items() if k != "cost"}))
+
+
 def check_study_dir(out: Path, budget: Budget) -> None:
-    """OUT holds one budget's study: a second budget in the same directory is refused."""
+    """OUT holds one budget's study: another budget, or this one with other settings (an edited
+    study.py), in the same directory is refused."""
     path = out / "study.json"
+    mine = budget_settings(budget)
     if path.is_file():
         try:
-            theirs = json.loads(path.read_text()).get("budget")
+            theirs = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise StudyError(f"{path}: not valid JSON; remove it or use another --out") from None
-        if theirs != budget.name:
-            raise StudyError(f"{out} holds a study with --budget {theirs}; use --budget {theirs} to "
-                             f"resume it or another --out for --budget {budget.name}")
+        if theirs.get("name") != budget.name:
+            raise StudyError(f"{out} holds a study with --budget {theirs.get('name')}; use --budget "
+                             f"{theirs.get('name')} to resume it or another --out for --budget {budget.name}")
+        changed = [f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v]
+        if changed:
+            raise StudyError(f"{out} holds a study of budget {budget.name} with other settings "
+                             f"({'; '.join(changed)}); use another --out")
         return
-    _write_json(path, {"budget": budget.name})
+    _write_json(path, mine)
+
+
+def lock_study_dir(out: Path):
+    """Hold OUT for this process (released when it exits, however it exits): a second runner on
+    the same study would start the same units twice."""
+    f = open(out / ".study.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        raise StudyError(f"{out} is being run by another process (pid {f.read().strip() or '?'}); "
+                         "wait for it or stop it first") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def unit_progress(out: Path, unit: Unit) -> str:
@@ -144,6 +185,7 @@ class Runner:
         self.running: dict[str, Running] = {}
         self.finished: dict[str, bool] = {u.name: is_done(out, u) for u in self.units}  # name -> succeeded
         self.failed: list[str] = []
+        self.attempts: dict[str, int] = {}
         self.stopping = 0
         self.stopped_at = 0.0
         self.spent_cpu = self.spent_est = self.spent_wall = 0.0
@@ -164,7 +206,7 @@ class Runner:
     # --- processes -----------------------------------------------------------------------
     def start(self, unit: Unit) -> None:
         (self.out / unit.out).parent.mkdir(parents=True, exist_ok=True)
-        log_path = self.out / "logs" / (unit.name.replace("/", "__") + ".log")
+        log_path = log_file(self.out, unit)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "a", encoding="utf-8")
         argv = resolve(unit.argv)
@@ -202,10 +244,14 @@ class Runner:
                 self._mark(unit, wall, cpu)
             return
         if why is not None:
-            self.failed.append(unit.name)
-            log = self.out / "logs" / (unit.name.replace("/", "__") + ".log")
+            self.attempts[unit.name] = self.attempts.get(unit.name, 0) + 1
+            again = self.attempts[unit.name] < ATTEMPTS
+            if not again:
+                self.failed.append(unit.name)
+            log = log_file(self.out, unit)
             tail = log.read_text(errors="replace").splitlines()[-15:]
-            self.say(f"[{self.count()}] FAILED {unit.name}: {why}; its log, {log}, ends:\n    " + "\n    ".join(tail))
+            self.say(f"[{self.count()}] FAILED {unit.name}: {why}{'; starting it once more' if again else ''}; "
+                     f"its log, {log}, ends:\n    " + "\n    ".join(tail))
             return
         self._mark(unit, wall, cpu)
         self.spent_cpu += cpu

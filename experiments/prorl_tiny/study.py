@@ -72,6 +72,11 @@ BUDGETS = {
 }
 
 
+def default_out(budget: str) -> str:
+    """The study directory when --out is not given, relative to the checkout."""
+    return "runs/study" if budget == "full" else f"runs/study-{budget}"
+
+
 @dataclass(frozen=True)
 class EvalSet:
     source: str  # a `prorl eval --data` SOURCE
@@ -228,6 +233,17 @@ def plan(b: Budget) -> list[Unit]:
                                      str(CREATIVITY_NGRAMS[1]), *limit, "--quiet"),
                       ("corpus", *(f"eval/{f}" for f in files)), c.eval_start + scored * c.creativity_response))
     return units
+
+
+# Measured: a line of samples.jsonl (tiny model, <= 24 tokens); a checkpoint of the tiny run
+# (policy, reference, optimizer).
+SAMPLE_BYTES, CHECKPOINT_BYTES = 265, 2.2e6
+
+
+def disk_estimate(b: Budget) -> float:
+    evals = sum(u.kind == "eval" for u in plan(b))
+    checkpoints = sum(r.steps // b.checkpoint_every + 1 for r in training_runs(b))
+    return evals * eval_problems(b) * b.samples * SAMPLE_BYTES + checkpoints * CHECKPOINT_BYTES
 
 
 def total_cost(b: Budget) -> float:
