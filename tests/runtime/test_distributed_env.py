@@ -1,5 +1,6 @@
 """Rank discovery from torchrun and Slurm variables, and the CPU backend's GPU no-op."""
 
+import os
 import subprocess
 import sys
 
@@ -136,3 +137,24 @@ def test_the_collective_timeout_is_checked():
     assert load_config().parallel.collective_timeout_minutes == 60
     with pytest.raises(ConfigError, match="parallel.collective_timeout_minutes=0: must be >= 1"):
         load_config(overrides=["parallel.collective_timeout_minutes=0"])
+
+
+def test_a_single_process_needs_no_port():
+    # The port a single process would have used is taken (as another run on the host can take
+    # it between its choice and its use): starting must not depend on it.
+    code = """
+import socket
+from megatron_prorl.runtime import distributed
+from megatron_prorl.config import ParallelConfig
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+distributed.free_port = lambda: taken.getsockname()[1]
+env = distributed.init_distributed(ParallelConfig())
+from megatron.core import parallel_state
+print("ok", env.world_size, parallel_state.get_tensor_model_parallel_world_size())
+distributed.shutdown_distributed()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and "ok 1 1" in done.stdout, done.stderr[-3000:]
