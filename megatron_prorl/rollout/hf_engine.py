@@ -10,10 +10,10 @@ each is ``log_softmax(logits / T)`` at the sampled token, in float32 (see
 Batching: all prompts x n samples form one batch (chunked by whole prompts when
 ``max_batch_size`` is set, the prompts then sorted longest first so that each chunk's prompts,
 left-padded to its longest, carry little padding through the prefill and every decoding step's
-attention over the cache; samples come back in the prompts' order). Each prompt is prefilled once and its cache repeated n times;
-prompts are left-padded with position ids counted over real tokens only; rows that finish are
-dropped from the batch (and its cache) so they cost nothing afterwards. The same seed and the
-same inputs give the same outputs.
+attention over the cache; samples come back in the prompts' order). Each prompt is prefilled
+once and its cache repeated n times; prompts are left-padded with position ids counted over real
+tokens only; rows that finish are dropped from the batch (and its cache) so they cost nothing
+afterwards. The same seed and the same inputs give the same outputs.
 """
 
 from __future__ import annotations
