@@ -48,12 +48,14 @@ def _tp_all_reduce_(x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return x
 
 
-def _scaled(logits: torch.Tensor, vocab_start: int, true_vocab_size: int, temperature: float):
-    """fp32 ``logits / T`` with the TP padding columns at -inf, and the padding column mask."""
-    z = logits.float() / temperature
-    col = torch.arange(vocab_start, vocab_start + z.shape[-1], device=z.device)
-    padding = col >= true_vocab_size
-    return z.masked_fill(padding, float("-inf")), padding
+def _padding(logits: torch.Tensor, vocab_start: int, true_vocab_size: int) -> torch.Tensor:
+    """This rank's columns at or beyond the true vocabulary (TP padding), [V_local] bool."""
+    return torch.arange(vocab_start, vocab_start + logits.shape[-1], device=logits.device) >= true_vocab_size
+
+
+def _scaled(logits: torch.Tensor, padding: torch.Tensor, temperature: float) -> torch.Tensor:
+    """fp32 ``logits / T`` with the padding columns at -inf."""
+    return (logits.float() / temperature).masked_fill(padding, float("-inf"))
 
 
 def _picked(shifted: torch.Tensor, targets: torch.Tensor, vocab_start: int) -> torch.Tensor:
@@ -79,7 +81,8 @@ def vocab_parallel_logprobs(
     targets: [...] global token ids. Columns at or beyond ``true_vocab_size`` (TP padding) are
     excluded from the distribution.
     """
-    logits, padding = _scaled(logits, vocab_start, true_vocab_size, temperature)
+    padding = _padding(logits, vocab_start, true_vocab_size)
+    logits = _scaled(logits, padding, temperature)
     # The max is a constant shift for stability: no gradient needed through it.
     lmax = _tp_all_reduce_(logits.detach().max(dim=-1).values, dist.ReduceOp.MAX)
     shifted = logits - lmax.unsqueeze(-1)
@@ -103,8 +106,9 @@ class _ChunkedLogprobs(torch.autograd.Function):
     def forward(ctx, logits, targets, vocab_start, true_vocab_size, temperature, chunk):
         n = logits.shape[0]
         stats = torch.empty((4, n), dtype=torch.float32, device=logits.device)  # max, log Z, logp, H
+        padding = _padding(logits, vocab_start, true_vocab_size)
         for c0 in range(0, n, chunk):
-            z, padding = _scaled(logits[c0:c0 + chunk], vocab_start, true_vocab_size, temperature)
+            z = _scaled(logits[c0:c0 + chunk], padding, temperature)
             lmax = _tp_all_reduce_(z.max(dim=-1).values, dist.ReduceOp.MAX)
             shifted = z - lmax.unsqueeze(-1)
             del z
@@ -116,22 +120,22 @@ class _ChunkedLogprobs(torch.autograd.Function):
             z_sum, picked, e_shifted = _tp_all_reduce_(sums)
             log_z = z_sum.log()
             stats[:, c0:c0 + chunk] = torch.stack([lmax, log_z, picked - log_z, log_z - e_shifted / z_sum])
-        ctx.save_for_backward(logits, targets, stats[0], stats[1], stats[3])
-        ctx.args = (vocab_start, true_vocab_size, temperature, chunk)
+        ctx.save_for_backward(logits, targets, padding, stats[0], stats[1], stats[3])
+        ctx.args = (vocab_start, temperature, chunk)
         ctx.set_materialize_grads(False)
         return stats[2].clone(), stats[3].clone()
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
-        logits, targets, lmax, log_z, entropy = ctx.saved_tensors
-        vocab_start, true_vocab_size, temperature, chunk = ctx.args
+        logits, targets, padding, lmax, log_z, entropy = ctx.saved_tensors
+        vocab_start, temperature, chunk = ctx.args
         if grad_logp is None and grad_entropy is None:
             return None, None, None, None, None, None
         grad = torch.empty_like(logits)  # every row is written below
         v_local = logits.shape[-1]
         for c0 in range(0, logits.shape[0], chunk):
             rows = slice(c0, c0 + chunk)
-            z, padding = _scaled(logits[rows], vocab_start, true_vocab_size, temperature)
+            z = _scaled(logits[rows], padding, temperature)
             shifted = (z - lmax[rows].unsqueeze(-1)).masked_fill_(padding, 0.0)  # padding: p = 0 below
             del z
             log_p = shifted - log_z[rows].unsqueeze(-1)

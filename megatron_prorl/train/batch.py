@@ -73,7 +73,7 @@ class TrainBatch:
                                 if getattr(self, f.name) is not None})
 
     def mini_batches(self, count: int) -> list[torch.Tensor]:
-        """Row indices of each of ``count`` optimizer updates: as :func:`balance` dealt them, else
+        """Row indices of each of ``count`` optimizer updates: as ``PolicyActor.balance`` dealt them, else
         ``count`` consecutive slices."""
         if self.mini_batch is None:
             return list(torch.arange(len(self), device=self.input_ids.device).tensor_split(count))

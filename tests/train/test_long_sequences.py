@@ -145,3 +145,88 @@ def test_modes_match_the_reference(layout):
     if dp == 2:
         assert ranks[0]["budget-unbalanced"][2] != ranks[1]["budget-unbalanced"][2]
         assert ranks[0]["budget"][0].keys() != ranks[0]["reference"][0].keys()  # balance moved rows
+
+
+PACKED = ("batch.max_tokens_per_micro_batch=144", "batch.max_tokens_per_logprob_micro_batch=288",
+          "batch.pack_sequences=true", "model.logprob_chunk_tokens=16")
+
+
+def test_a_run_with_packing_matches_the_run_without_and_resumes_exactly(reference_run, tmp_path):
+    """The 3-step tiny run (helpers.runs; prompts up to 128 tokens + responses up to 12, so 144 is
+    the smallest budget it accepts) with packed rows of at most 144 tokens and chunked log-probs:
+    the same samples and rewards step after step, the update's metrics to float precision; and
+    resumed from its own step-2 checkpoint, its step 3 again, exactly."""
+    from helpers.runs import comparable, records, run_ok, write_config
+
+    import yaml
+
+    ref_run, _ = reference_run
+    run_ok("train", write_config(tmp_path), *PACKED)
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["batch"]["pack_sequences"] is True and written["model"]["logprob_chunk_tokens"] == 16
+    got, want = records(tmp_path / "run"), records(ref_run)
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for g, w in zip(got, want):
+        for key in ("reward/mean", "response_length/mean", "dynamic_sampling/kept", "dynamic_sampling/dropped",
+                    "generated_tokens"):
+            assert g[key] == w[key], (g["step"], key)
+        for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm", "ratio_mean", "logprob_diff/mean"):
+            assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), (g["step"], key)
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    run_ok("train", write_config(resumed, checkpoint__load=str(tmp_path / "run" / "checkpoints" / "step_00000002")),
+           *PACKED)
+    assert [comparable(r) for r in records(resumed / "run")] == [comparable(r) for r in got[2:]]
+
+
+def _on_simulated_gpus():
+    from helpers.devsim import simulated_cuda
+
+    from megatron_prorl.runtime import device
+    from megatron_prorl.runtime.distributed import shutdown_distributed
+
+    # Every tensor labelled with the device it would have on a GPU machine, every collective
+    # checked against its group's backend (tests/helpers/devsim.py): the budget, packing,
+    # chunking and data-parallel balancing paths must keep indices, cu_seqlens and gathered rows
+    # on the rank's GPU, and reduce over NCCL groups GPU tensors only.
+    with simulated_cuda() as sim:
+        from checkpoint_convert.arch import hf_arch
+        from megatron_prorl.config import ProRLConfig
+        from megatron_prorl.runtime.distributed import init_distributed
+        from megatron_prorl.train.actor import PolicyActor
+
+        cfg = ProRLConfig()
+        cfg.batch.prompts_per_step, cfg.batch.prompts_per_mini_batch = 2, 1  # two updates, two mini-batches
+        cfg.batch.max_tokens_per_micro_batch, cfg.batch.max_tokens_per_logprob_micro_batch = CAP, 2 * CAP
+        cfg.batch.pack_sequences, cfg.model.logprob_chunk_tokens = True, 5
+        cfg.algo.entropy_coef = 0.01
+        init_distributed(cfg.parallel)
+        torch.manual_seed(0)
+        actor = PolicyActor(cfg, hf_arch(dict(QWEN2, max_position_embeddings=CAP)))
+        from megatron.core import parallel_state as ps
+
+        full = _batch(QWEN2["vocab_size"])
+        dp_rank = ps.get_data_parallel_rank()
+        batch = actor.balance(device.to_current(full.select(torch.arange(len(full)).tensor_split(2)[dp_rank])))
+        batch.old_logprobs, _ = actor.forward_logprobs(batch, T)
+        batch.ref_logprobs, _ = actor.forward_logprobs(batch, T, "reference")
+        metrics = actor.update(batch, T, kl_beta=0.05)
+        # What Transformer Engine reads (cu_seqlens) and the loss indexes with must be on the GPU:
+        # the local attention's .tolist() would not notice a CPU tensor.
+        placed = {f"batch.{name}": sim.device_of(t) for name, t in vars(batch).items() if t is not None}
+        for i, mb in enumerate(actor._micro_batches(batch, logprob_pass=False)):
+            placed.update({f"micro_batch[{i}].{k}": sim.device_of(v) for k, v in mb.items() if torch.is_tensor(v)})
+        here = f"cuda:{sim.current}"
+        shutdown_distributed()
+    return metrics, placed, here, actor.state.updates
+
+
+def test_budget_packing_chunking_and_balance_on_simulated_gpus():
+    """DP2 on the simulated device: the whole update path (balance over the NCCL data-parallel
+    group, log-prob passes, two mini-batch updates, packed rows, chunked log-probs) runs with
+    every tensor where a GPU run puts it."""
+    for metrics, placed, here, updates in spawn(_on_simulated_gpus, 2):
+        assert updates == 2 and metrics["update_skipped"] == 0 and metrics["grad_norm"] > 0
+        assert "micro_batch[0].cu_seqlens" in placed
+        assert {k: v for k, v in placed.items() if v != here} == {}
