@@ -88,6 +88,15 @@ cache (discarded; re-mapped empty at the same addresses and size on wake), and t
 sampler/executor/decoder buffers. The Ray worker processes, their CUDA contexts and NCCL
 communicators stay. ``wake()`` re-maps them; ``generate`` then needs ``update_weights`` first.
 
+Request order. Each round's prompts go to one ``llm.generate`` call, unsorted: the PyTorch
+backend batches in flight, choosing at every step which requests run (its scheduler: a
+capacity scheduler for the KV cache, then a micro-batch scheduler under ``max_batch_size`` and
+``max_num_tokens``, rc24 ``TorchLlmArgs`` defaults 2048 and 8192; docs ``torch/scheduler.html``,
+read at 1.4.0rc4 and unversioned, rc24's copy not found), with the tokens of every request packed
+without padding (docs ``features/paged-attention-ifb-scheduler.html``: in-flight batching
+"requires the input tensors to be packed (no padding)"). Sorting or bucketing prompts by length
+would change nothing there; the transformers engine, which pads, sorts its chunks itself.
+
 GPU-only assumptions nothing here could check (upstream file and version read for each):
 
 1. ``SleepConfig()`` with defaults is valid and every ``ExecutorMemoryType`` value is a tag the

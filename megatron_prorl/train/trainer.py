@@ -264,6 +264,7 @@ class Trainer:
             timings["time/sleep"] = self._engine_call("sleep")
             t0 = time.perf_counter()
             batch = to_train_batch(groups, cfg.algo.advantage, self.pad_id, cfg.algo.adv_eps, cfg.algo.scale_adv_by_std)
+            batch = self.actor.balance(batch)  # with a token budget: even work over data-parallel ranks
             batch.old_logprobs, _ = self.actor.forward_logprobs(batch, stage.temperature)
             t_ref = time.perf_counter()
             if stage.kl_beta > 0:
