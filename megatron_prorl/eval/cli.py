@@ -62,6 +62,10 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def run_main(argv: Sequence[str]) -> int:
+    from transformers import AutoTokenizer
+
+    from megatron_prorl.data.model_card import PROMPT_FILE, write_prompt_format
+    from megatron_prorl.eval.model import tokenizer_dir
     from megatron_prorl.eval.report import write_report
     from megatron_prorl.eval.run import check_ks, evaluate
 
@@ -74,9 +78,12 @@ def run_main(argv: Sequence[str]) -> int:
     settings.check()
     ks = check_ks(args.k or [1 << i for i in range(args.samples.bit_length())], args.samples)
     records = evaluate(settings, args.out, reward_workers=args.reward_workers, progress=not args.quiet)
-    write_report(args.out, records, ks, settings.to_json(), Path(args.model).name or args.model)
+    prompt = write_prompt_format(Path(args.out), sorted({r["domain"] for r in records}),
+                                 AutoTokenizer.from_pretrained(str(tokenizer_dir(args.model))))
+    write_report(args.out, records, ks, settings.to_json(), Path(args.model).name or args.model, prompt)
     print((Path(args.out) / "summary.md").read_text())
-    print(f"results: {Path(args.out) / 'results.json'}, plot: {Path(args.out) / 'pass_at_k.png'}")
+    print(f"results: {Path(args.out) / 'results.json'}, plot: {Path(args.out) / 'pass_at_k.png'}, "
+          f"prompt format: {Path(args.out) / PROMPT_FILE}")
     return 0
 
 
