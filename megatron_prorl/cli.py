@@ -22,6 +22,7 @@ import os
 import sys
 from typing import Optional
 
+from megatron_prorl import version_line
 from megatron_prorl.config import ProRLConfig, env_hint
 from megatron_prorl.errors import USER_ERRORS, UserError
 from megatron_prorl.plugins import load_plugins
@@ -69,8 +70,10 @@ def _train_rank(config_path: str, overrides: list[str], hold_lock: bool) -> dict
 def _print_summary(summary: dict, run_dir: str) -> None:
     steps, stopped_by = summary["steps"], summary.get("stopped_by")
     if stopped_by:
-        print(f"\nProRL run stopped by {stopped_by} at step {steps} of {summary['total_steps']} (checkpointed; "
-              f"the same command resumes it), {len(summary['resets'])} reference resets")
+        kept = (f"latest checkpoint {summary['checkpoint']}; the same command resumes it" if summary.get("checkpoint")
+                else "no step checkpointed yet; the same command starts it")
+        print(f"\nProRL run stopped by {stopped_by} at step {steps} of {summary['total_steps']} ({kept}), "
+              f"{len(summary['resets'])} reference resets")
     else:
         print(f"\nProRL run finished: {steps} steps, {len(summary['resets'])} reference resets")
     before, last = summary.get("before"), summary.get("last_validation")
@@ -148,18 +151,22 @@ def plot(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from megatron_prorl.data import prepare
 
+    from megatron_prorl.train import plot as plot_module
+
     parser = argparse.ArgumentParser(prog="prorl", description="ProRL on Megatron-Core")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version_line()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="run the ProRL loop from a YAML config")
+    t = sub.add_parser("train", help="run the ProRL loop from a YAML config",
+                       description="Run the ProRL loop from a YAML config; rerun the same command to resume. "
+                                   "Ctrl-C finishes the step, checkpoints and exits (130); twice stops at once.")
     t.add_argument("config", help="YAML config, e.g. configs/tiny_cpu.yaml")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rollout.n=8")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rollout.n=8 (default: none)")
     t.add_argument("--nproc", type=int, default=None,
                    help="local processes to start when not under torchrun/srun (default: TP x PP)")
     t.add_argument("--debug", action="store_true", help="show the traceback of an error in the input")
     t.set_defaults(func=train)
     p = sub.add_parser("plot", help="write PNG charts of a run's metrics")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None)
+    plot_module.add_arguments(p)
     p.set_defaults(func=plot)
     d = sub.add_parser("data", help="training data").add_subparsers(dest="data_command", required=True)
     dp = d.add_parser("prepare", help="write the paper config's data files from ProRL's public datasets")

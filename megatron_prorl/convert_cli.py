@@ -19,20 +19,21 @@ from typing import Optional, Sequence
 
 from checkpoint_convert import cli
 from checkpoint_convert.errors import ConversionError
-from megatron_prorl import builtin
+from megatron_prorl import builtin, version_line
 from megatron_prorl.builtin import BuiltinNotFound
 from megatron_prorl.config import ConfigError
 
 
 def build_parser():
     parser, sub = cli.build_parser(prog="prorl-convert")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version_line()}")
     ver = sub.add_parser("verify", help="max |logit difference| between a HF model and a checkpoint")
     ver.add_argument("--hf-dir", required=True, help="HF model directory (or builtin:NAME)")
-    ver.add_argument("--ckpt", required=True)
-    ver.add_argument("--tolerance", type=float, default=1e-3, help="exit 1 above this (default 1e-3)")
-    ver.add_argument("--seq-len", type=int, default=32)
-    ver.add_argument("--batch", type=int, default=2)
-    ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--ckpt", required=True, help="the checkpoint to compare with it (a directory with meta.json)")
+    ver.add_argument("--tolerance", type=float, default=1e-3, help="exit 1 above this (default: %(default)s)")
+    ver.add_argument("--seq-len", type=int, default=32, help="tokens per random sequence (default: %(default)s)")
+    ver.add_argument("--batch", type=int, default=2, help="random sequences compared (default: %(default)s)")
+    ver.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default: %(default)s)")
     return parser
 
 

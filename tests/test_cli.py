@@ -179,3 +179,58 @@ def test_a_full_disk_for_the_run_summary_is_one_line(tmp_path):
                                         "the run itself is checkpointed$"):
         write_summary({"steps": 3}, str(tmp_path))
 
+
+
+def all_parsers():
+    """Every command's parser, subcommands included: (command, parser)."""
+    import argparse
+
+    from megatron_prorl import cli, convert_cli
+    from megatron_prorl.eval import cli as eval_cli
+    from megatron_prorl.train import plot
+
+    def walk(name, parser):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from walk(f"{name} {sub_name}", sub)
+
+    for name, parser in (("prorl", cli.build_parser()), ("prorl eval", eval_cli.run_parser()),
+                         ("prorl eval compare", eval_cli.compare_parser()),
+                         ("prorl eval creativity", eval_cli.creativity_parser()),
+                         ("prorl-convert", convert_cli.build_parser()), ("prorl plot", plot.build_parser())):
+        yield from walk(name, parser)
+
+
+def test_every_option_of_every_command_has_help_with_its_default():
+    import argparse
+
+    seen, missing = set(), []
+    for command, parser in all_parsers():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                continue
+            name = f"{command} {'/'.join(action.option_strings) or action.dest}"
+            seen.add(command)
+            text = formatter._expand_help(action) if action.help else ""
+            optional = (action.option_strings and action.nargs != 0 and not action.required) or action.nargs in ("*", "?")
+            if not text:
+                missing.append(f"{name}: no help")
+            elif optional and "default" not in text.lower():
+                missing.append(f"{name}: default not shown ({text!r})")
+    assert missing == []
+    assert {"prorl train", "prorl plot", "prorl data prepare", "prorl eval", "prorl eval compare",
+            "prorl eval creativity", "prorl-convert hf-to-megatron", "prorl-convert megatron-to-hf",
+            "prorl-convert verify"} <= seen
+
+
+@pytest.mark.parametrize("module, prog", [("megatron_prorl.cli", "prorl"), ("megatron_prorl.convert_cli", "prorl-convert")])
+def test_version(module, prog):
+    from importlib.metadata import version
+
+    proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{prog} {version('megatron-prorl')} (torch {version('torch')}, megatron-core "), \
+        proc.stdout

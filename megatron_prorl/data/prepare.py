@@ -311,7 +311,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        if domains.get(d).prepare.source) + ")")
     parser.add_argument("--benchmark", action="append", default=[], metavar="FORMAT=PATH",
                         help="a benchmark file (or hf: dataset) in FORMAT (e.g. deepscaler for AIME, "
-                             "llama_nemotron_if for IFEval) whose problems are removed from training")
+                             "llama_nemotron_if for IFEval) whose problems are removed from training; repeatable "
+                             "(default: none)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="config whose data.val is held out of training (default: %(default)s)")
     parser.add_argument("--logic-train-size", type=int, default=mix.TRAIN_SIZE, metavar="N",

@@ -82,7 +82,7 @@ def spawn(fn, world_size: int, *args, timeout: float | None = 300.0, catch_stop_
         for p in procs:
             if p.is_alive():
                 os.kill(p.pid, signum)
-        if signum == signal.SIGINT:
+        if catch_stop_signals and signum == signal.SIGINT:
             process.second_interrupt_kills_now()
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}

@@ -362,10 +362,19 @@ def _plot_run(run_dir: str | Path, out_dir: str | Path | None) -> tuple[list[Pat
     return plot_records(records, out_dir or run_dir / PLOTS_DIR, run_dir.resolve().name)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="prorl plot", description="Write PNG charts of a ProRL run's metrics.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding metrics.jsonl")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/plots)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prorl plot", description="Write PNG charts of a ProRL run's metrics.")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         written, skipped = _plot_run(args.run_dir, args.out)

@@ -459,7 +459,8 @@ class Trainer:
         before = next((h for h in self.history if h["step"] == 0), None)
         last = self.history[-1] if self.history else None
         return {"steps": self.step, "total_steps": self.total_steps, "stopped_by": self.stopped_by,
-                "before": before, "last_validation": last, "resets": [vars(r) for r in self.actor.state.resets]}
+                "checkpoint": self.last_checkpoint, "before": before, "last_validation": last,
+                "resets": [vars(r) for r in self.actor.state.resets]}
 
     def close(self) -> None:
         self.logger.close()

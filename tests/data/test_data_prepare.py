@@ -112,6 +112,15 @@ def test_logic_is_the_reasoning_gym_mix(prepared):
     assert not {problem_key(r.prompt) for r in train} & {problem_key(r.prompt) for r in val}
 
 
+def test_the_readme_counts_the_mix_as_the_code_does():
+    trained = len(mix.TRAIN_WEIGHTS)
+    in_val = len({spec.partition("?")[0] for spec in mix.split_weights("val")})  # graph_color twice, one task
+    readme = (ROOT / "README.md").read_text()
+    assert f"{mix.TRAIN_SIZE:,} problems over {trained} tasks" in readme
+    assert f"{mix.VAL_SIZE} validation problems over {in_val} tasks: the {trained} trained" in readme
+    assert f"all {trained} offline tasks" in readme
+
+
 def test_task_sizes_follow_the_weights():
     assert mix.task_sizes({"a": 1.0, "b": 1.0, "c": 2.0}, 8) == {"a": 2, "b": 2, "c": 4}
     assert mix.task_sizes({"a": 1.0, "b": 1.0, "c": 1.0}, 4) == {"a": 2, "b": 1, "c": 1}  # ties: earlier

@@ -73,7 +73,7 @@ def test_resume_after_interruption_gives_same_results(tiny_eval, tmp_path):
     assert load_results(resumed)["ks"] == [1, 4]
 
 
-def test_training_checkpoint_is_converted_on_the_fly(tiny_eval, tmp_path):
+def test_training_checkpoint_is_converted_on_the_fly(tiny_eval, tmp_path, capsys):
     from checkpoint_convert import hf_to_megatron
     from megatron_prorl.builtin import resolve
 
@@ -83,6 +83,9 @@ def test_training_checkpoint_is_converted_on_the_fly(tiny_eval, tmp_path):
     (step.parent / "latest").write_text(step.name + "\n")
     out = tmp_path / "ckpt_eval"
     assert run(str(tmp_path / "run"), ["builtin:tiny/heldout.jsonl"], out, "--limit", "4") == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--model")]
+    assert said == [f"--model {tmp_path / 'run'}: checkpoint {step} (the run's latest checkpoint), converting it to "
+                    "Hugging Face format ..."]  # once
     assert not list(out.glob("converted-*"))  # the converted copy is removed
     mine = read_samples(out / "samples.jsonl", text=True)
     base = [r for r in read_samples(tiny_eval / "samples.jsonl", text=True)
@@ -98,6 +101,7 @@ def test_bad_inputs_are_one_clear_line(tiny_eval, tmp_path, capsys):
         (["--model", "builtin:tiny", "--data", str(tmp_path / "x.jsonl")], "data file not found"),
         (["--model", "builtin:tiny", "--data", "builtin:tiny/heldout.jsonl", "--k", "1,8"], "--k 8 > --samples 4"),
         (["--model", "builtin:tiny", "--data", "builtin:tiny/heldout.jsonl", "--top-p", "0"], "--top-p=0.0"),
+        (["--model", "builtin:tinyy", "--data", "builtin:tiny/heldout.jsonl"], "no built-in model 'tinyy' (known: tiny)"),
     ]
     for argv, message in cases:
         assert eval_main([*argv, "--out", str(tmp_path / "o"), *ARGS[:2], "--quiet"]) == 2
