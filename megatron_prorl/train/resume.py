@@ -168,8 +168,14 @@ def check_changes(point: ResumePoint, changes: list[Change]) -> None:
 
 
 def nothing_to_do(point: Optional[ResumePoint], total: int) -> Optional[str]:
-    """The line to print when the run already finished every step of the schedule."""
+    """The line to print when the run already finished every step of the schedule, with that
+    checkpoint intact (all of it verified: a damaged one is left to the ranks, which fall back
+    to an intact one and redo the steps after it)."""
     if point is None or point.step < total:
+        return None
+    try:
+        verify_checkpoint(point.path)
+    except ConversionError:
         return None
     return (f"nothing to do: the run finished all {total} steps ({point.path}); add steps to the last stage "
             f"(trainer.stages.{_last_stage_hint(point)}.steps=...) or a stage to continue it, or set another "
