@@ -3,6 +3,7 @@ directory. The command line reports them as one line (``prorl: error: ...``, exi
 from whichever rank found them; anything else is an internal error and shows its traceback."""
 
 from checkpoint_convert.errors import ConversionError
+from megatron_prorl.builtin import BuiltinNotFound
 from megatron_prorl.config import ConfigError
 
 
@@ -14,6 +15,7 @@ class DataError(UserError, ValueError):
     """A data source that cannot be used (the message names it and why)."""
 
 
-# Every error reported as one line: the package's own, a config value (config.py sits below
-# this module and raises its own type), and the converter's (a package of its own).
-USER_ERRORS = (UserError, ConfigError, ConversionError)
+# Every error reported as one line: the package's own, a config value and a built-in name
+# (config.py and builtin.py sit below this module and raise their own types), and the
+# converter's (a package of its own).
+USER_ERRORS = (UserError, ConfigError, BuiltinNotFound, ConversionError)

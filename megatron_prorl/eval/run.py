@@ -253,7 +253,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, reward_workers: Opt
     from tqdm import tqdm
 
     settings.check()
-    find_checkpoint(builtin.resolve(settings.model))  # a bad --model fails before anything is written
+    find_checkpoint(builtin.resolve(settings.model))  # a bad --model fails before anything is written (quietly)
     sources = load_sources(settings.data, settings.size, settings.seed, settings.limit)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

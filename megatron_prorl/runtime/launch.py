@@ -30,8 +30,12 @@ class RankUserError(UserError):
     """A rank stopped on a user error; the message is that rank's one line."""
 
 
-def _entry(rank, world_size, port, fn, args, conn, parent_pid):
+def _entry(rank, world_size, port, fn, args, conn, parent_pid, catch_stop_signals):
     process.die_with_parent(parent_pid)
+    if catch_stop_signals:  # fn reads them (process.stop_signal); the launcher owns a second Ctrl-C
+        process.catch_stop_signals(second_interrupt_kills=False)
+    else:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, process.STOP_SIGNALS)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     import torch
@@ -51,31 +55,39 @@ def _entry(rank, world_size, port, fn, args, conn, parent_pid):
         raise SystemExit(1)
 
 
-def spawn(fn, world_size: int, *args, timeout: float | None = 300.0) -> list:
+def spawn(fn, world_size: int, *args, timeout: float | None = 300.0, catch_stop_signals: bool = False) -> list:
     """Run ``fn(*args)`` on ``world_size`` spawned ranks; return each rank's result, by rank.
 
     ``fn`` must be a module-level function; it reads its rank from the environment (as under
     torchrun). A user error on a rank raises :class:`RankUserError` with its message; any other
     failure :class:`RankFailed` with that rank's traceback, or its exit code when it died without
     one. SIGTERM, SIGUSR1 and SIGINT sent to this process are forwarded to the ranks, so a
-    scheduler's warning reaches them.
+    scheduler's warning reaches them. ``catch_stop_signals``: the ranks record those signals
+    from their first instruction (:func:`process.catch_stop_signals`) rather than die of them;
+    after a first SIGINT, a second one ends this process at once, and the ranks with it.
     """
     process.start_resource_tracker()
     ctx = mp.get_context("spawn")
     port = free_port()
     pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, pipes[r][1], os.getpid()), daemon=False)
+    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, pipes[r][1], os.getpid(),
+                                              catch_stop_signals), daemon=False)
              for r in range(world_size)]
-    for p, (_, writer) in zip(procs, pipes):
-        p.start()
-        writer.close()
+    with process.children_block_stop_signals():  # a signal during a rank's start-up waits for it
+        for p, (_, writer) in zip(procs, pipes):
+            p.start()
+            writer.close()
 
     def forward(signum, frame):
         for p in procs:
             if p.is_alive():
                 os.kill(p.pid, signum)
+        if catch_stop_signals and signum == signal.SIGINT:
+            process.second_interrupt_kills_now()
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    if catch_stop_signals:
+        process.one_shot(signal.SIGINT)
     deadline = None if timeout is None else time.monotonic() + timeout
     results: dict[int, object] = {}
     readers = {pipes[r][0]: r for r in range(world_size)}
@@ -106,7 +118,8 @@ def spawn(fn, world_size: int, *args, timeout: float | None = 300.0) -> list:
         grace = 30.0
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if signal.getsignal(sig) is not signal.SIG_DFL:  # SIGINT after a Ctrl-C: the next one ends it
+                signal.signal(sig, handler)
         end = time.monotonic() + grace
         for p in procs:
             p.join(timeout=max(0.0, end - time.monotonic()))

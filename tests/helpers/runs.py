@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +66,16 @@ def records(run_dir: Path, kind: str = "train") -> list[dict]:
 
 def comparable(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if not k.startswith(TIMING)}
+
+
+def ctrl_c(proc: subprocess.Popen, last_line: str) -> str:
+    """Ctrl-C as a terminal sends it (SIGINT to the process group); the command must end with
+    exit code 130 and ``last_line``, without a traceback. Returns its output."""
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and out.strip().splitlines()[-1] == last_line, out[-3000:]
+    return out
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 600.0, what: str = "the condition") -> None:

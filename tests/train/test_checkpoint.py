@@ -77,12 +77,53 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(referen
 
 
 def test_continuing_a_finished_run_resumes_from_its_last_step(reference_run, tmp_path):
+    """A finished run releases its directory; rerun as it is, there is nothing to do (one line,
+    no rank started); with a step more and another learning rate it goes on from its last step,
+    and the changed keys are listed and recorded as an event."""
+    ref, _ = reference_run
+    assert not (ref / ".prorl.lock").exists()
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    before = (run / "metrics.jsonl").read_text()
+    out = run_ok("train", write_config(tmp_path))
+    assert out.strip() == (f"nothing to do: the run finished all 3 steps ({run / 'checkpoints' / 'step_00000003'}); "
+                           "add steps to the last stage (trainer.stages.0.steps=...) or a stage to continue it, or "
+                           "set another trainer.output_dir for a new run"), out[-3000:]
+    assert (run / "metrics.jsonl").read_text() == before and not (run / ".prorl.lock").exists()
+    out = run_ok("train", write_config(tmp_path, trainer__stages=[{"name": "main", "steps": 4}]), "optim.lr=1e-3")
+    assert "resumed from" in out and "at step 3" in out
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
+    assert ("[step 3] config changed on resume: optim.lr 0.0003 -> 0.001; trainer.stages[0].steps 3 -> 4 "
+            "(stage 0 now ends at step 4)") in out, out[-3000:]
+    [event] = [e for e in records(run, "event") if e["category"] == "config"]
+    assert event["step"] == 3 and event["changes"] == [
+        {"key": "optim.lr", "old": 0.0003, "new": 0.001, "note": ""},
+        {"key": "trainer.stages[0].steps", "old": 3, "new": 4, "note": "stage 0 now ends at step 4"}]
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("override, refused", [
+    ("trainer.seed=2", "trainer.seed 1 -> 2 (every step's sampling seed and the resumed random states derive from it)"),
+    ("data.train.0.size=100", "data.train[0].size 2000 -> 100 (the sampler continues its position in the training "
+                              "sources)"),
+    ("data.val=[]", "data.val[#] 1 -> 0"),
+    ("model.dtype=bf16", "model.dtype \"fp32\" -> \"bf16\" (the weights and optimizer state were saved in this "
+                         "precision)"),
+    ("trainer.stages=[{name: main, steps: 2}]", "trainer.stages[0].steps 3 -> 2 (the stage would end before step 3, "
+                                                "where the run is)"),
+])
+def test_changes_a_resumed_run_cannot_take_are_refused_before_any_rank_starts(reference_run, tmp_path, override,
+                                                                              refused):
     ref, _ = reference_run
     run = tmp_path / "run"
     shutil.copytree(ref, run)
-    out = run_ok("train", write_config(tmp_path, trainer__stages=[{"name": "main", "steps": 4}]))
-    assert "resumed from" in out and "at step 3" in out
-    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
+    proc = subprocess.run([sys.executable, "-m", "megatron_prorl.cli", "train", str(write_config(tmp_path)), override],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"prorl: error: cannot resume {run / 'checkpoints' / 'step_00000003'} (step 3) "
+                                  "with this config: "), proc.stderr
+    assert refused in proc.stderr and "Undo the change (the checkpoint's config: " in proc.stderr, proc.stderr
+    assert not (run / ".prorl.lock").exists()
 
 
 def _fake_checkpoint(root: Path, step: int) -> Path:
