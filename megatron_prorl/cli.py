@@ -30,13 +30,15 @@ from megatron_prorl.plugins import load_plugins
 
 
 def check_before_start(cfg: ProRLConfig, world_size: int, report: bool = True) -> None:
-    """What can be checked without starting ranks: the model's config.json against the layout
-    and the world size, the stage schedule, and on GPUs the memory plan."""
+    """What can be checked without starting ranks: the output directory, the model's config.json
+    against the layout and the world size, the stage schedule, and on GPUs the memory plan."""
     from checkpoint_convert.arch import hf_arch, read_hf_config
     from megatron_prorl.models.builder import resolve_hf_dir
+    from megatron_prorl.runtime.run_lock import check_output_dir
     from megatron_prorl.train.stages import resolve_stages
     from megatron_prorl.train.validate import validate
 
+    check_output_dir(cfg.trainer.output_dir, "trainer.output_dir")
     hf_dir = resolve_hf_dir(cfg.model.hf_dir)
     hf_config = read_hf_config(hf_dir)
     hf_arch(hf_config, source=str(hf_dir / "config.json"))

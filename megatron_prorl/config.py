@@ -317,11 +317,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            if not isinstance(loaded, DictConfig):  # OmegaConf.load gives a ListConfig otherwise
+                raise ConfigError(f"{path}: the top level is a list, not a mapping of sections (model:, optim:, ...)")
+            cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as exc:
             raise _explain(exc, str(path)) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a YAML text file (not UTF-8 at byte {exc.start})") from None
     return _finish(cfg, overrides)
 
 

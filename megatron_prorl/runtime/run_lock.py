@@ -32,14 +32,38 @@ class RunDirectoryInUse(UserError):
     """Another live run holds the output directory."""
 
 
+def check_output_dir(path: os.PathLike, setting: str) -> None:
+    """Raise :class:`UserError` if ``path`` cannot become a directory because it, or a folder
+    above it, is a file; creates nothing (``setting`` names where the path came from)."""
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UserError(f"{setting}={path}: {part} is a file, not a directory")
+            return
+
+
+def make_output_dir(path: os.PathLike, setting: str) -> Path:
+    """Create the output directory ``path`` (and its parents); a file in the way or a folder
+    that cannot be written is a :class:`UserError` naming ``setting``."""
+    check_output_dir(path, setting)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{setting}={path}: cannot create the directory ({exc.strerror or exc})") from None
+    return Path(path)
+
+
 class RunLock:
-    def __init__(self, run_dir: os.PathLike):
+    """``setting``: the option that chose the directory (for the messages)."""
+
+    def __init__(self, run_dir: os.PathLike, setting: str = "trainer.output_dir"):
         self.path = Path(run_dir) / LOCK_FILE
+        self.setting = setting
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`RunDirectoryInUse` naming its holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_output_dir(self.path.parent, self.setting)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -47,7 +71,7 @@ class RunLock:
             holder = _describe(_read(fd))
             os.close(fd)
             raise RunDirectoryInUse(f"{self.path.parent} is in use by {holder} ({self.path}); stop that run or "
-                                    "set another trainer.output_dir") from None
+                                    f"set another {self.setting}") from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 os.close(fd)
