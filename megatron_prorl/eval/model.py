@@ -40,6 +40,18 @@ def find_checkpoint(path: Path) -> Path | None:
     return ckpt
 
 
+def check_model(model: str) -> None:
+    """Refuse a model directory training would refuse, before anything is built: its config.json
+    (a checkpoint's hf/config.json) read by checkpoint_convert.arch as ``prorl train`` and
+    ``prorl-convert`` read it (transformers would fill an incomplete one with defaults)."""
+    from checkpoint_convert.arch import load_arch
+    from checkpoint_convert.checkpoint import checkpoint_arch
+
+    path = builtin.resolve(model)
+    ckpt = find_checkpoint(path)
+    load_arch(path) if ckpt is None else checkpoint_arch(ckpt)
+
+
 @contextlib.contextmanager
 def hf_model_dir(model: str, workdir: Path, progress: bool = True) -> Iterator[Path]:
     """Yield a Hugging Face directory for ``model``, converting a checkpoint into ``workdir``."""

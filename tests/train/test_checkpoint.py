@@ -173,19 +173,9 @@ def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (mounting needs root): room for one tiny checkpoint, not two."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; the full-disk test needs a small disk")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the full-disk test needs a small disk")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_disk(tmpfs):
+    """A 4 MiB tmpfs: room for one tiny checkpoint, not two."""
+    return tmpfs("4m")
 
 
 def test_a_full_disk_names_the_directory_and_keeps_the_previous_checkpoint(small_disk, tmp_path):
