@@ -85,6 +85,19 @@ def test_continuing_a_finished_run_resumes_from_its_last_step(reference_run, tmp
     assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
 
 
+def test_a_latest_pointer_that_lags_a_complete_checkpoint_is_passed_over(reference_run, tmp_path):
+    """A kill between publishing step 3's checkpoint and updating ``latest`` leaves the pointer on
+    step 2: the run resumes from step 3, the newest complete and verified one, and says so."""
+    ref, _ = reference_run
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / "checkpoints" / "latest").write_text("step_00000002\n")
+    out = run_ok("train", write_config(tmp_path))
+    assert "latest names step_00000002, but step_00000003 is newer and complete" in out, out[-3000:]
+    assert f"resumed from {run / 'checkpoints' / 'step_00000003'} at step 3" in out, out[-3000:]
+    same_as_reference(run, ref)
+
+
 def _fake_checkpoint(root: Path, step: int) -> Path:
     """A checkpoint directory with the parts a trainer checkpoint has (contents arbitrary):
     CheckpointManager decides on files, not tensors."""
@@ -118,6 +131,25 @@ def test_damage_is_reported_with_the_file_and_the_newest_intact_checkpoint_taken
         (root / f"step_{step:08d}" / "trainer_state.json").write_text("{}")
     with pytest.raises(NoValidCheckpoint, match="no intact checkpoint to resume from"):
         CheckpointManager(root, 2).latest()
+
+
+def test_the_newest_complete_checkpoint_wins_over_a_lagging_pointer(tmp_path, caplog):
+    """Resuming (CheckpointManager) and every command that takes a run directory
+    (resolve_checkpoint: prorl-convert, prorl eval) take the newest complete checkpoint."""
+    from checkpoint_convert.checkpoint import resolve_checkpoint
+
+    root = tmp_path / "run" / "checkpoints"
+    for step in (1, 2, 3):
+        _fake_checkpoint(root, step)
+    (root / "latest").write_text("step_00000002\n")
+    assert CheckpointManager(root, 2).latest() == root / "step_00000003"
+    assert "latest names step_00000002, but step_00000003 is newer and complete" in caplog.text
+    for given in (root.parent, root, root / "latest"):
+        ckpt, how = resolve_checkpoint(given)
+        assert ckpt == root / "step_00000003" and "newer than step_00000002" in how, how
+    # a damaged newer one: resuming falls back to the newest intact one, as for any damage
+    (root / "step_00000003" / "trainer_state.json").write_text("{}")
+    assert CheckpointManager(root, 2).latest() == root / "step_00000002"
 
 
 def test_a_checkpoint_without_manifest_must_at_least_be_complete(tmp_path, caplog):
