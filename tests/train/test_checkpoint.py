@@ -8,6 +8,7 @@ half-written is left.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from helpers.runs import comparable, prorl, records, run_ok, wait_for, write_config
+from helpers.runs import comparable, prorl, prorl_fails, records, run_ok, wait_for, write_config
 
 from checkpoint_convert.manifest import write_manifest
 from megatron_prorl.train.checkpoint import CheckpointManager, NoValidCheckpoint
@@ -96,6 +97,29 @@ def test_a_latest_pointer_that_lags_a_complete_checkpoint_is_passed_over(referen
     assert "latest names step_00000002, but step_00000003 is newer and complete" in out, out[-3000:]
     assert f"resumed from {run / 'checkpoints' / 'step_00000003'} at step 3" in out, out[-3000:]
     same_as_reference(run, ref)
+
+
+def test_a_data_file_reordered_before_resume_is_named(tmp_path):
+    """The same rows in another order: the sampler would draw other prompts than the run it
+    continues. Refused (exact resume is the promise), one line naming the file."""
+    from megatron_prorl.data import save_rows
+    from megatron_prorl.data.generators import generate
+
+    rows = tmp_path / "train.jsonl"
+    save_rows(generate("arithmetic:add", 200, seed=3), rows)
+
+    def steps(n: int) -> Path:
+        return write_config(tmp_path, data__train=[{"path": str(rows)}], data__val=[],
+                            trainer__stages=[{"name": "main", "steps": n}])
+
+    run_ok("train", steps(1))
+    lines = rows.read_text().splitlines(keepends=True)
+    random.Random(0).shuffle(lines)
+    rows.write_text("".join(lines))
+    line = prorl_fails("train", steps(2))
+    assert f"data changed since the checkpoint: {rows}: the same 200 rows, in another order or with other content" \
+        in line, line
+    assert [r["step"] for r in records(tmp_path / "run")] == [1]
 
 
 def _fake_checkpoint(root: Path, step: int) -> Path:
