@@ -25,7 +25,7 @@ import os
 import sys
 
 from megatron_prorl.config import ProRLConfig
-from megatron_prorl.errors import USER_ERRORS, UserError
+from megatron_prorl.errors import USER_ERRORS, RunFailure, UserError
 from megatron_prorl.plugins import load_plugins
 
 
@@ -144,11 +144,27 @@ def train(args) -> int:
         from megatron_prorl.runtime.launch import spawn
 
         with RunLock(cfg.trainer.output_dir):  # before any rank starts: a second run is refused at once
-            summary = spawn(_train_rank, nproc, args.config, args.overrides, False, timeout=None)[0]
+            try:
+                summary = spawn(_train_rank, nproc, args.config, args.overrides, False, timeout=None,
+                                heartbeat_timeout=cfg.parallel.heartbeat_timeout_s)[0]
+            except RunFailure as exc:
+                raise RunFailure(f"{exc}; {_resume_point(cfg.trainer.output_dir)}") from exc
     if env.rank == 0:  # under srun or torchrun every rank returns here
         _print_summary(summary, cfg.trainer.output_dir)
         write_summary(summary, cfg.trainer.output_dir)
     return 0
+
+
+def _resume_point(run_dir: str) -> str:
+    """What a rerun of a failed run resumes from."""
+    from checkpoint_convert.checkpoint import resolve_checkpoint
+    from checkpoint_convert.errors import ConversionError
+
+    try:
+        ckpt, _ = resolve_checkpoint(run_dir)
+    except ConversionError:
+        return "no checkpoint yet: the same command starts afresh"
+    return f"the latest checkpoint is {ckpt.name}: the same command resumes from it"
 
 
 def write_summary(summary: dict, run_dir: str) -> None:
@@ -250,11 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, RunFailure) as exc:
         if getattr(args, "debug", False):
             raise
         print(f"prorl: error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, RunFailure) else 2
 
 
 if __name__ == "__main__":

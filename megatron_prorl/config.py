@@ -65,6 +65,13 @@ class ParallelConfig:
     # Ray instance, first kernel compiles; the others wait on the gloo group, not inside NCCL), a
     # slow checkpoint, a long generation round. NCCL's own default is 10 minutes.
     collective_timeout_minutes: int = 60
+    # When `prorl train` starts the ranks itself (run directly, not under torchrun or srun): a rank
+    # whose process shows no sign of life this long (its heartbeat thread is silent: stopped by
+    # SIGSTOP, a frozen node, a debugger) ends the run, one line naming it; the checkpoint it
+    # resumes from is left intact. Generous, as a heavily loaded node can starve a process for
+    # seconds; far shorter than collective_timeout_minutes, which is what ends a run under
+    # torchrun/srun (no parent of ours watches there).
+    heartbeat_timeout_s: int = 600
 
 
 @dataclass
@@ -416,7 +423,8 @@ def check_fields(cfg: ProRLConfig) -> None:
                        ("batch.micro_batch_size", b.micro_batch_size),
                        ("algo.max_sampling_rounds", a.max_sampling_rounds),
                        ("rollout.engine_tensor_parallel_size", r.engine_tensor_parallel_size),
-                       ("parallel.collective_timeout_minutes", p.collective_timeout_minutes)):
+                       ("parallel.collective_timeout_minutes", p.collective_timeout_minutes),
+                       ("parallel.heartbeat_timeout_s", p.heartbeat_timeout_s)):
         at_least(key, value, 1)
     if b.prompts_per_step % b.prompts_per_mini_batch:
         raise ConfigError(

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -120,6 +121,52 @@ def test_a_data_file_reordered_before_resume_is_named(tmp_path):
     assert f"data changed since the checkpoint: {rows}: the same 200 rows, in another order or with other content" \
         in line, line
     assert [r["step"] for r in records(tmp_path / "run")] == [1]
+
+
+def _a_rank_of(proc: subprocess.Popen) -> psutil.Process:
+    """One of the TP ranks `prorl train` started (its spawned children, not the resource tracker)."""
+    ranks = [c for c in psutil.Process(proc.pid).children() if "--multiprocessing-fork" in c.cmdline()]
+    assert len(ranks) == 2, [c.cmdline() for c in psutil.Process(proc.pid).children()]
+    return max(ranks, key=lambda c: c.pid)
+
+
+def test_a_stopped_rank_or_a_killed_one_ends_the_run_in_one_line_and_it_resumes(tmp_path):
+    """TP2. A rank stopped (SIGSTOP: a hung node) after step 1's checkpoint: the run ends within
+    parallel.heartbeat_timeout_s, one line naming the rank and the checkpoint to resume from,
+    nothing left running. The rerun resumes; a rank of it killed (SIGKILL) after step 2 is one
+    line too; the third run finishes."""
+    config = write_config(tmp_path, parallel__tensor_model_parallel_size=2, parallel__heartbeat_timeout_s=15,
+                          data__val=[])
+    run = tmp_path / "run"
+    latest = run / "checkpoints" / "latest"
+
+    def fails_when(step: int, sig: int) -> tuple[str, float]:
+        proc = prorl("train", config)
+        wait_for(lambda: latest.exists() and latest.read_text().strip() == f"step_{step:08d}", proc,
+                 what=f"step {step}'s checkpoint")
+        victim = _a_rank_of(proc)
+        processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        started = time.monotonic()
+        os.kill(victim.pid, sig)
+        out, _ = proc.communicate(timeout=300)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 1, out[-3000:]
+        (line,) = [x for x in out.splitlines() if x.startswith("prorl: error:")]
+        assert f"(pid {victim.pid})" in line and f"the latest checkpoint is step_{step:08d}" in line, line
+        assert "Traceback" not in out, out[-3000:]
+        _, alive = psutil.wait_procs(processes, timeout=20)
+        assert not alive, f"still running: {[(p.pid, p.name()) for p in alive]}"
+        assert CheckpointManager(run / "checkpoints", 2).latest() == run / "checkpoints" / f"step_{step:08d}"
+        return line, elapsed
+
+    line, elapsed = fails_when(1, signal.SIGSTOP)
+    assert "has shown no sign of life for 15 s" in line, line
+    assert elapsed < 15 + 45, elapsed
+    line, _ = fails_when(2, signal.SIGKILL)
+    assert "was killed by SIGKILL" in line, line
+    out = run_ok("train", config)
+    assert "resumed from" in out and "at step 2" in out
+    assert [r["step"] for r in records(run)] == [1, 2, 3]
 
 
 def _fake_checkpoint(root: Path, step: int) -> Path:
