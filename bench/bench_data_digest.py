@@ -31,7 +31,10 @@ def text(rng: random.Random, size: int) -> str:
 
 def pools(scale: float, code_tests_kb: int) -> dict[str, list[Row]]:
     rng = random.Random(0)
-    n = lambda k: max(1, int(k * scale))  # noqa: E731
+
+    def n(paper_rows: int) -> int:
+        return max(1, int(paper_rows * scale))
+
     math = [Row(text(rng, 300), "math", str(rng.randint(0, 10**6)), id=f"m{i}") for i in range(n(40_000))]
     tests = max(1, code_tests_kb * 1024 // 200)  # ~200 B per stdin/stdout pair
     code = [Row(text(rng, 1500), "code", {"inputs": [text(rng, 100) for _ in range(tests)],
