@@ -27,22 +27,25 @@ from typing import Optional
 
 from megatron_prorl import version_line
 from megatron_prorl.config import ProRLConfig, env_hint
-from megatron_prorl.errors import USER_ERRORS, UserError
+from megatron_prorl.errors import USER_ERRORS, RunFailure, UserError
 from megatron_prorl.plugins import load_plugins
 
 
 def check_before_start(cfg: ProRLConfig, world_size: int, report: bool = True) -> Optional[str]:
-    """What can be checked without starting ranks: the model's config.json against the layout
-    and the world size, the data files, the stage schedule, and, resuming, the changes from the
-    checkpoint's config (:mod:`megatron_prorl.train.resume`); then, on GPUs, the memory plan.
-    Returns the line to print instead of starting when the run has already finished every step."""
+    """What can be checked without starting ranks: the output directory, the model's config.json
+    against the layout and the world size, the data files, the stage schedule, and, resuming,
+    the changes from the checkpoint's config (:mod:`megatron_prorl.train.resume`); then, on GPUs,
+    the memory plan. Returns the line to print instead of starting when the run has already
+    finished every step."""
     from checkpoint_convert.arch import hf_arch, read_hf_config
     from megatron_prorl.data.loader import check_files
     from megatron_prorl.models.builder import resolve_hf_dir
+    from megatron_prorl.runtime.run_lock import check_output_dir
     from megatron_prorl.train import resume
     from megatron_prorl.train.stages import resolve_stages, total_steps
     from megatron_prorl.train.validate import validate
 
+    check_output_dir(cfg.trainer.output_dir, "trainer.output_dir")
     hf_dir = resolve_hf_dir(cfg.model.hf_dir)
     hf_config = read_hf_config(hf_dir)
     hf_arch(hf_config, source=str(hf_dir / "config.json"))
@@ -169,12 +172,27 @@ def train(args) -> int:
         if process.stop_signal():  # before any rank started: nothing to stop but this process
             raise KeyboardInterrupt  # what main() says of an interrupted start (a SIGTERM now is rare)
         with RunLock(cfg.trainer.output_dir):  # before any rank starts: a second run is refused at once
-            summary = spawn(_train_rank, nproc, args.config, args.overrides, False, timeout=None,
-                            catch_stop_signals=True)[0]
+            try:
+                summary = spawn(_train_rank, nproc, args.config, args.overrides, False, timeout=None,
+                                catch_stop_signals=True, heartbeat_timeout=cfg.parallel.heartbeat_timeout_s)[0]
+            except RunFailure as exc:
+                raise RunFailure(f"{exc}; {_resume_point(cfg.trainer.output_dir)}") from exc
     if env.rank == 0:  # under srun or torchrun every rank returns here
         _print_summary(summary, cfg.trainer.output_dir)
         write_summary(summary, cfg.trainer.output_dir)
     return 130 if summary.get("stopped_by") == "SIGINT" else 0
+
+
+def _resume_point(run_dir: str) -> str:
+    """What a rerun of a failed run resumes from."""
+    from checkpoint_convert.checkpoint import resolve_checkpoint
+    from checkpoint_convert.errors import ConversionError
+
+    try:
+        ckpt, _ = resolve_checkpoint(run_dir)
+    except ConversionError:
+        return "no checkpoint yet: the same command starts afresh"
+    return f"the latest checkpoint is {ckpt.name}: the same command resumes from it"
 
 
 def write_summary(summary: dict, run_dir: str) -> None:
@@ -300,12 +318,12 @@ def _run(argv: list[str]) -> int:
     args = parse_args(build_parser(), argv)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, RunFailure) as exc:
         if getattr(args, "debug", False):
             raise
-        hint = env_hint(args.config, str(exc)) if args.command == "train" else ""
+        hint = env_hint(args.config, str(exc)) if args.command == "train" and not isinstance(exc, RunFailure) else ""
         print(f"prorl: error: {exc}{hint}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, RunFailure) else 2
 
 
 if __name__ == "__main__":

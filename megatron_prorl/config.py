@@ -73,6 +73,13 @@ class ParallelConfig:
     # Ray instance, first kernel compiles; the others wait on the gloo group, not inside NCCL), a
     # slow checkpoint, a long generation round. NCCL's own default is 10 minutes.
     collective_timeout_minutes: int = 60
+    # When `prorl train` starts the ranks itself (run directly, not under torchrun or srun): a rank
+    # whose process shows no sign of life this long (its heartbeat thread is silent: stopped by
+    # SIGSTOP, a frozen node, a debugger) ends the run, one line naming it; the checkpoint it
+    # resumes from is left intact. Generous, as a heavily loaded node can starve a process for
+    # seconds; far shorter than collective_timeout_minutes, which is what ends a run under
+    # torchrun/srun (no parent of ours watches there).
+    heartbeat_timeout_s: int = 600
 
 
 @dataclass
@@ -379,11 +386,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            if not isinstance(loaded, DictConfig):  # OmegaConf.load gives a ListConfig otherwise
+                raise ConfigError(f"{path}: the top level is a list, not a mapping of sections (model:, optim:, ...)")
+            cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as exc:
             raise _explain(exc, str(path), cfg) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a YAML text file (not UTF-8 at byte {exc.start})") from None
     return _finish(cfg, overrides)
 
 
@@ -513,7 +525,8 @@ def check_fields(cfg: ProRLConfig) -> None:
                        ("batch.micro_batch_size", b.micro_batch_size),
                        ("algo.max_sampling_rounds", a.max_sampling_rounds),
                        ("rollout.engine_tensor_parallel_size", r.engine_tensor_parallel_size),
-                       ("parallel.collective_timeout_minutes", p.collective_timeout_minutes)):
+                       ("parallel.collective_timeout_minutes", p.collective_timeout_minutes),
+                       ("parallel.heartbeat_timeout_s", p.heartbeat_timeout_s)):
         at_least(key, value, 1)
     for key in ("max_tokens_per_micro_batch", "max_tokens_per_logprob_micro_batch"):
         budget = getattr(b, key)

@@ -12,21 +12,9 @@ import sys
 import time
 
 import pytest
-from helpers.runs import prorl, write_config
+from helpers.runs import prorl, prorl_fails, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def prorl_fails(*args, timeout=300, env: dict | None = None) -> str:
-    """Run the command; it must fail with exit code 2 and one line on stderr, no traceback.
-    ``env``: the whole environment (default: this one's)."""
-    env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "megatron_prorl.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("prorl: error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return errors[0]
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):

@@ -162,7 +162,12 @@ def _not_object(item) -> str:
 def _load_saved_dataset(path: Path, split: Optional[str]):
     import datasets
 
-    loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+    try:
+        loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+    except FileNotFoundError:  # datasets' word for a directory without its dataset_info / dataset_dict
+        contents = "empty" if not any(path.iterdir()) else "no dataset_info.json or dataset_dict.json in it"
+        raise DataError(f"{path}: a directory, but not a saved datasets directory ({contents}); name a data file "
+                        "or a directory written by Dataset.save_to_disk") from None
     if isinstance(loaded, datasets.Dataset):
         return loaded
     if split is None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from megatron_prorl.errors import USER_ERRORS
 from megatron_prorl.eval.creativity import DEFAULT_SHARD_WORDS
 from megatron_prorl.eval.regimes import DEFAULT_MIN_CHANGE, rule_text
 from megatron_prorl.eval.run import EvalSettings
@@ -153,7 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = {"compare": compare_main, "creativity": creativity_main}.get(argv[0] if argv else "", None)
     try:
         return command(argv[1:]) if command else run_main(argv)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, *USER_ERRORS) as exc:
         print(f"prorl eval: error: {exc}", file=sys.stderr)
         return 2
 

@@ -47,6 +47,18 @@ def tokenizer_dir(model: str) -> Path:
     return path if found is None else found[0] / "hf"
 
 
+def check_model(model: str) -> None:
+    """Refuse a model directory training would refuse, before anything is built: its config.json
+    (a checkpoint's hf/config.json) read by checkpoint_convert.arch as ``prorl train`` and
+    ``prorl-convert`` read it (transformers would fill an incomplete one with defaults)."""
+    from checkpoint_convert.arch import load_arch
+    from checkpoint_convert.checkpoint import checkpoint_arch
+
+    path = builtin.resolve(model)
+    found = find_checkpoint(path)
+    load_arch(path) if found is None else checkpoint_arch(found[0])
+
+
 @contextlib.contextmanager
 def hf_model_dir(model: str, workdir: Path, progress: bool = True) -> Iterator[Path]:
     """Yield a Hugging Face directory for ``model``, converting a checkpoint into ``workdir``."""

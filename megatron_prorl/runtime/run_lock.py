@@ -38,9 +38,33 @@ class RunDirectoryInUse(UserError):
     """Another live run holds the output directory."""
 
 
+def check_output_dir(path: os.PathLike, setting: str) -> None:
+    """Raise :class:`UserError` if ``path`` cannot become a directory because it, or a folder
+    above it, is a file; creates nothing (``setting`` names where the path came from)."""
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UserError(f"{setting}={path}: {part} is a file, not a directory")
+            return
+
+
+def make_output_dir(path: os.PathLike, setting: str) -> Path:
+    """Create the output directory ``path`` (and its parents); a file in the way or a folder
+    that cannot be written is a :class:`UserError` naming ``setting``."""
+    check_output_dir(path, setting)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{setting}={path}: cannot create the directory ({exc.strerror or exc})") from None
+    return Path(path)
+
+
 class RunLock:
-    def __init__(self, run_dir: os.PathLike):
+    """``setting``: the option that chose the directory (for the messages)."""
+
+    def __init__(self, run_dir: os.PathLike, setting: str = "trainer.output_dir"):
         self.path = Path(run_dir) / LOCK_FILE
+        self.setting = setting
         self._fd: Optional[int] = None
         self._created: list[Path] = []  # directories made for the lock, outermost first
 
@@ -49,7 +73,7 @@ class RunLock:
         self._created = []
         while True:
             self._created += [d for d in reversed(self.path.parents) if not d.exists() and d not in self._created]
-            self.path.parent.mkdir(parents=True, exist_ok=True)  # again: a releasing run may have removed it
+            make_output_dir(self.path.parent, self.setting)  # again: a releasing run may have removed it
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except FileNotFoundError:
@@ -76,7 +100,7 @@ class RunLock:
             os.close(fd)
             self._remove_created()
             raise RunDirectoryInUse(f"{self.path.parent} is in use by {holder} ({self.path}); stop that run or "
-                                    "set another trainer.output_dir") from None
+                                    f"set another {self.setting}") from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 os.close(fd)

@@ -111,7 +111,10 @@ def _json_safe(value: float | int) -> float | int | None:
 def _parse_lines(path: Path) -> list[dict]:
     """Records of a metrics file. A torn last line (the run was killed mid-write) is dropped;
     a malformed line elsewhere is an error naming the file and line."""
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a metrics file (not UTF-8 text at byte {exc.start})") from None
     records = []
     for i, line in enumerate(lines):
         if not line.strip():

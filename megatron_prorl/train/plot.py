@@ -378,8 +378,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         written, skipped = _plot_run(args.run_dir, args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        parser.error(str(exc))
+    except (FileNotFoundError, ValueError) as exc:  # one line: the usage says nothing about a bad file
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     for path in written:

@@ -133,7 +133,8 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.data = load_data(cfg.data, self.tokenizer, cfg.rollout.max_prompt_length)
         self.domains = sorted({r.domain for s in self.data.train + self.data.val for r in s.rows})
-        self.sampler = MixedSampler(self.data.pools(), self.data.weights(), seed=cfg.data.seed)
+        self.sampler = MixedSampler(self.data.pools(), self.data.weights(), seed=cfg.data.seed,
+                                    origins={s.name: s.path for s in self.data.train})
 
     def _restore_or_initialise(self) -> None:
         """Resume the run's newest intact checkpoint; else start from checkpoint.load (a trainer
