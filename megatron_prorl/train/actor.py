@@ -99,6 +99,11 @@ class PolicyActor:
         self.policy.module.config.grad_scale_func = optimizer.scale_loss
         return optimizer
 
+    @property
+    def uses_distributed_optimizer(self) -> bool:
+        """Megatron-Core's DistributedOptimizer (state sharded over DP), else the plain one."""
+        return self._use_dist_opt
+
     def optimizer_is_fresh(self) -> bool:
         """No step taken since the optimizer was built (its state holds nothing)."""
         return all(len(opt.optimizer.state) == 0
