@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -145,16 +146,21 @@ class PolicyActor:
         return tuple(torch.cat([o[k] for o in out])[: len(batch)] for k in ("logprobs", "entropy"))
 
     # --------------------------------------------------------------------------- update
-    def update(self, batch: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
-        """Mini-batch updates over this rank's batch: prompts_per_step / prompts_per_mini_batch
-        optimizer steps. ``batch.old_logprobs`` must be set (the policy's own, before this call);
-        ``ref_logprobs`` when ``kl_beta`` > 0. Returns metrics averaged over the mini-batches."""
+    def update(self, batch: TrainBatch, temperature: float, kl_beta: float,
+               mini_batch_rows: Optional[Sequence[int]] = None) -> dict[str, float]:
+        """Mini-batch updates over this rank's batch: one optimizer step per entry of
+        ``mini_batch_rows`` (this rank's rows of each mini-batch, in order: the trainer's
+        placement, :mod:`megatron_prorl.train.placement`), by default prompts_per_step /
+        prompts_per_mini_batch equal pieces. ``batch.old_logprobs`` must be set (the policy's
+        own, before this call); ``ref_logprobs`` when ``kl_beta`` > 0. Returns metrics averaged
+        over the mini-batches."""
         if batch.old_logprobs is None and self._is_last_stage:
             raise ValueError("TrainBatch.old_logprobs is None: compute them with forward_logprobs first")
         b = self.cfg.batch
-        num_updates = b.prompts_per_step // b.prompts_per_mini_batch
-        per_update = [self._update_mini_batch(batch.select(idx), temperature, kl_beta)
-                      for idx in torch.arange(len(batch)).tensor_split(num_updates)]
+        rows = torch.arange(len(batch))
+        pieces = (rows.tensor_split(b.prompts_per_step // b.prompts_per_mini_batch) if mini_batch_rows is None
+                  else rows.split(list(mini_batch_rows)))
+        per_update = [self._update_mini_batch(batch.select(idx), temperature, kl_beta) for idx in pieces]
         return {k: sum(m[k] for m in per_update) / len(per_update) for k in per_update[0]}
 
     def _update_mini_batch(self, mb: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:

@@ -10,6 +10,12 @@ replica's share of the prompts. Every rank holds the same prompt sampler (same s
 ranks agree on the prompts without communication; the engine rank broadcasts its finished groups
 to the rest of its replica, and the weight sync gathers each replica's shards back to its engine.
 
+What a step computes does not depend on the data-parallel size (so a run resumes on another
+layout where it stopped): every rank draws the whole step's prompts, prompt j of a round samples
+from a stream seeded by (trainer.seed, step, round) + j whichever replica generates it, dynamic
+sampling keeps the first informative groups of the whole round, and each mini-batch holds the
+same groups, shared among the replicas (:mod:`megatron_prorl.train.placement`).
+
 The config is read, never changed: what a training stage sets (n, temperature, lengths, KL
 coefficient, data mix) is computed from the step (:mod:`megatron_prorl.train.stages`) and passed on.
 """
@@ -21,6 +27,7 @@ import logging
 import random
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -39,6 +46,7 @@ from megatron_prorl.data import MixedSampler, domain_mix_weights, encode_prompt,
 from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
 from megatron_prorl.train.experience import group_stats, max_response_length, to_train_batch
 from megatron_prorl.train.metrics import MetricsLogger
+from megatron_prorl.train.placement import assign, generation_block, num_updates, shares
 from megatron_prorl.models.builder import resolve_dtype, resolve_hf_dir
 from megatron_prorl.runtime.process import STOP_SIGNALS
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
@@ -131,8 +139,17 @@ class Trainer:
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.is_engine_rank = dist.get_rank(ps.get_model_parallel_group()) == 0
         self.is_last_stage_tp0 = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+        self.engine_group = self._engine_rank_group() if self.dp_size > 1 else None
         self.stages = resolve_stages(cfg)
         self.total_steps = total_steps(self.stages)
+
+    def _engine_rank_group(self):
+        """A gloo group of the engine ranks (one per replica), over which kept groups move to
+        the replica that trains them (collective: every rank takes part in creating it)."""
+        engine = [None] * dist.get_world_size()
+        dist.all_gather_object(engine, self.is_engine_rank, group=device.host_group())
+        return dist.new_group([r for r, e in enumerate(engine) if e], backend="gloo",
+                              timeout=timedelta(minutes=self.cfg.parallel.collective_timeout_minutes))
 
     def _load_data(self) -> None:
         from transformers import AutoTokenizer
@@ -258,11 +275,11 @@ class Trainer:
     def train_step(self, step: int, stage: Stage) -> dict:
         cfg = self.cfg
         t_step = time.perf_counter()
-        groups, metrics = self._collect(step, stage)
+        groups, mini_batches, metrics = self._collect(step, stage)
         timings = {"time/sleep": 0.0, "time/reference": 0.0, "time/training": 0.0, "time/release": 0.0,
                    "time/wake": 0.0, "time/sync": 0.0}
-        if metrics["dynamic_sampling/fewest_kept"] == 0:
-            # Every group of some replica was uninformative: nothing to learn from this step.
+        if not mini_batches:
+            # Fewer informative groups than replicas (none at all, usually): nothing to learn from.
             metrics.update({"update_skipped": 1.0, "dynamic_sampling/all_filtered": 1.0})
         else:
             timings["time/sleep"] = self._engine_call("sleep")
@@ -274,7 +291,7 @@ class Trainer:
                 batch.ref_logprobs, _ = self.actor.forward_logprobs(batch, stage.temperature, "reference")
             timings["time/reference"] = time.perf_counter() - t_ref
             metrics.update(self._logprob_mismatch(batch))
-            metrics.update(self.actor.update(batch, stage.temperature, stage.kl_beta))
+            metrics.update(self.actor.update(batch, stage.temperature, stage.kl_beta, mini_batches))
             timings["time/training"] = time.perf_counter() - t0 - timings["time/reference"]
             del batch  # the step's tensors: their blocks go back to the device with the cache
             switch = self._release_and_wake()
@@ -320,44 +337,70 @@ class Trainer:
             getattr(self.engine, method)()
         return all_max([time.perf_counter() - t0])[0]
 
-    def _collect(self, step: int, stage: Stage) -> tuple[list[Group], dict]:
-        """Dynamic sampling: draw prompt batches until every replica has its share of
-        informative groups (at most algo.max_sampling_rounds rounds)."""
+    def _collect(self, step: int, stage: Stage) -> tuple[list[Group], list[int], dict]:
+        """Dynamic sampling over the whole step: rounds of prompts_per_step prompts, each replica
+        generating its block, until prompts_per_step informative groups are kept (at most
+        algo.max_sampling_rounds rounds). Returns this replica's training groups, its rows in each
+        mini-batch (empty: the step has too few groups to update on) and the metrics."""
         cfg = self.cfg
-        per_replica = cfg.batch.prompts_per_step // self.dp_size
+        target = cfg.batch.prompts_per_step
+        updates = target // cfg.batch.prompts_per_mini_batch
+        blocks = [generation_block(target, updates, self.dp_size, d) for d in range(self.dp_size)]
+        mine = blocks[self.dp_rank]
         totals = {"generation": 0.0, "reward": 0.0, "tokens": 0}
 
-        def generate_round(round_index: int, missing: int) -> list[Group]:
-            rows = self.sampler.next_batch(cfg.batch.prompts_per_step)  # every rank draws: samplers stay equal
-            if not (self.is_engine_rank and missing):
+        def generate_round(round_index: int) -> list[Group]:
+            rows = self.sampler.next_batch(target)  # every rank draws: samplers stay equal
+            if not self.is_engine_rank:
                 return []
-            mine = rows[self.dp_rank * per_replica:(self.dp_rank + 1) * per_replica]
-            groups, times = self._generate(mine, stage.n, stage.temperature, cfg.rollout.top_p,
+            groups, times = self._generate(rows[mine.start:mine.stop], stage.n, stage.temperature, cfg.rollout.top_p,
                                            stage.max_response_length,
-                                           _seed(cfg.trainer.seed, step, round_index, self.dp_rank),
+                                           _seed(cfg.trainer.seed, step, round_index) + mine.start,
                                            stage.no_eos_penalty)
             totals["generation"] += times.generation
             totals["reward"] += times.reward_wait
             totals["tokens"] += sum(len(s.token_ids) for g in groups for s in g.samples)
             return groups
 
-        filled = fill(generate_round, lambda g: g.rewards, per_replica, max_rounds=cfg.algo.max_sampling_rounds,
-                      enabled=cfg.algo.dynamic_sampling,
-                      anyone_short=lambda short: bool(all_max([float(self.is_engine_rank and short)])[0]))
+        def gather(flags: list[bool]) -> list[bool]:
+            """The round's keep flags of every replica (TP/PP peers add zeros)."""
+            placed = [0.0] * target
+            placed[mine.start:mine.start + len(flags)] = [float(f) for f in flags]
+            return [v > 0 for v in all_sum(placed)]
+
+        filled = fill(generate_round, lambda g: g.rewards, target, max_rounds=cfg.algo.max_sampling_rounds,
+                      enabled=cfg.algo.dynamic_sampling, offset=mine.start, gather=gather)
+        kept = len(filled.selected)
+        plan = assign(kept, num_updates(kept, updates, self.dp_size), self.dp_size)
+        origin = [next(d for d, b in enumerate(blocks) if j in b) for _, j in filled.selected]
+        groups = self._move_to_trainers(filled.kept, plan, origin) if self.is_engine_rank else []
         # Rollout statistics describe the policy's own samples: the first round, before filtering.
         metrics = reduce_stats(group_stats(filled.first_round, self.domains), sorted(group_stats([], self.domains)))
-        # Only engine ranks generate, so TP/PP peers add zeros to these sums.
-        n_kept, n_dropped, n_tokens = all_sum([len(filled.kept), filled.dropped, totals["tokens"]])
-        max_len, gen_time, reward_time, fewest = all_max([
-            max_response_length(filled.first_round), totals["generation"], totals["reward"],
-            -len(filled.kept) if self.is_engine_rank else -per_replica])
+        n_tokens = all_sum([totals["tokens"]])[0]  # only engine ranks generate
+        max_len, gen_time, reward_time = all_max([max_response_length(filled.first_round), totals["generation"],
+                                                  totals["reward"]])
         metrics.update({
-            "dynamic_sampling/kept": n_kept, "dynamic_sampling/dropped": n_dropped,
-            "dynamic_sampling/rounds": float(filled.rounds), "dynamic_sampling/fewest_kept": -fewest,
-            "response_length/max": max_len, "time/generation": gen_time, "time/reward": reward_time,
-            "generated_tokens": n_tokens,
+            "dynamic_sampling/kept": kept, "dynamic_sampling/dropped": filled.dropped,
+            "dynamic_sampling/rounds": float(filled.rounds), "response_length/max": max_len,
+            "time/generation": gen_time, "time/reward": reward_time, "generated_tokens": n_tokens,
         })
-        return self._share_in_replica(filled.kept), metrics
+        groups = self._share_in_replica(groups)
+        rows, start = [], 0  # this replica's rows (responses) in each mini-batch
+        for update in plan[self.dp_rank]:
+            rows.append(sum(len(g.samples) for g in groups[start:start + len(update)]))
+            start += len(update)
+        return groups, rows, metrics
+
+    def _move_to_trainers(self, kept: dict[int, Group], plan: list[list[list[int]]], origin: list[int]) -> list[Group]:
+        """This replica's training groups, in update order (engine ranks): its own, and those
+        another replica generated (a refill round, a short step), sent over the engine group."""
+        owner = {k: d for d, updates in enumerate(plan) for update in updates for k in update}
+        if any(origin[k] != d for k, d in owner.items()):  # every rank knows: all skip alike
+            outgoing = {k: g for k, g in kept.items() if owner.get(k, self.dp_rank) != self.dp_rank}
+            arrived = [None] * self.dp_size
+            dist.all_gather_object(arrived, outgoing, group=self.engine_group)
+            kept = {**kept, **{k: g for piece in arrived for k, g in piece.items()}}
+        return [kept[k] for update in plan[self.dp_rank] for k in update]
 
     def _generate(self, rows, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
                   no_eos_penalty: float = 0.0):
@@ -391,13 +434,13 @@ class Trainer:
         score is the mean over domains."""
         cfg = self.cfg
         rows = [r for s in self.data.val for r in s.rows]
-        mine = rows[self.dp_rank::self.dp_size]
+        piece = shares(len(rows), self.dp_size)[self.dp_rank]  # prompt j samples alike at any DP
         stats: dict = {}
-        if self.is_engine_rank and mine:
+        if self.is_engine_rank and piece:
             t = cfg.trainer
-            groups, _ = self._generate(mine, t.val_samples, t.val_temperature, t.val_top_p,
+            groups, _ = self._generate(rows[piece.start:piece.stop], t.val_samples, t.val_temperature, t.val_top_p,
                                        stage_of(self.stages, max(step, 1)).max_response_length,
-                                       _seed(t.seed, 10**6 + step, self.dp_rank))
+                                       _seed(t.seed, 10**6 + step) + piece.start)
             for g in groups:
                 key = f"val/pass@1/{g.domain}"
                 s, c = stats.get(key, (0.0, 0.0))
