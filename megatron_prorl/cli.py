@@ -28,15 +28,16 @@ from megatron_prorl.plugins import load_plugins
 
 def check_before_start(cfg: ProRLConfig, world_size: int) -> None:
     """What can be checked without starting ranks: the model's config.json against the layout
-    and the world size, and the stage schedule."""
+    and the world size (and against the checkpoint the run resumes), and the stage schedule."""
     from checkpoint_convert.arch import hf_arch, read_hf_config
     from megatron_prorl.models.builder import resolve_hf_dir
     from megatron_prorl.train.stages import resolve_stages
-    from megatron_prorl.train.validate import validate
+    from megatron_prorl.train.validate import check_resume_layout, validate
 
     hf_dir = resolve_hf_dir(cfg.model.hf_dir)
     hf_config = read_hf_config(hf_dir)
     hf_arch(hf_config, source=str(hf_dir / "config.json"))
+    check_resume_layout(cfg, hf_config, world_size)
     validate(cfg, hf_config, world_size=world_size)
     resolve_stages(cfg)
 
@@ -63,6 +64,8 @@ def _print_summary(summary: dict, run_dir: str) -> None:
               f"the same command resumes it), {len(summary['resets'])} reference resets")
     else:
         print(f"\nProRL run finished: {steps} steps, {len(summary['resets'])} reference resets")
+    for change in summary.get("layout_changes", []):
+        print(f"  layout changed at step {change['step']}: {change['from']} -> {change['to']}")
     before, last = summary.get("before"), summary.get("last_validation")
     if last and last["step"] == steps and before and before is not last:
         for key in sorted(k for k in before if k.startswith("val/")):

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from megatron_prorl.runtime import device
 from megatron_prorl.algo import MAX_METRICS, PolicyObjective, normalisers
 from megatron_prorl.train.batch import TrainBatch
-from megatron_prorl.config import ProRLConfig
+from megatron_prorl.config import ParallelConfig, ProRLConfig
 from megatron_prorl.models.builder import HFArch, build_gpt_model, padded_vocab_size, resolve_dtype
 from megatron_prorl.models.logprobs import vocab_parallel_logprobs
 from megatron_prorl.models.pipeline import finalize_grads, run_pipeline
@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+def uses_distributed_optimizer(parallel: ParallelConfig) -> bool:
+    """parallel.use_distributed_optimizer, or by default: on GPUs (its state sharded over DP)."""
+    return parallel.use_distributed_optimizer if parallel.use_distributed_optimizer is not None \
+        else torch.cuda.is_available()
 
 
 def lr_at(update: int, lr: float, schedule: str, warmup_steps: int) -> float:
@@ -68,8 +74,7 @@ class PolicyActor:
         tp = cfg.parallel.tensor_model_parallel_size
         self._vocab_start = ps.get_tensor_model_parallel_rank() * padded_vocab_size(arch.vocab_size, tp) // tp
         self._is_last_stage = ps.is_pipeline_last_stage()
-        self._use_dist_opt = (cfg.parallel.use_distributed_optimizer
-                              if cfg.parallel.use_distributed_optimizer is not None else torch.cuda.is_available())
+        self._use_dist_opt = uses_distributed_optimizer(cfg.parallel)
 
         module = build_gpt_model(arch, cfg.model, cfg.parallel)
         ddp_config = DistributedDataParallelConfig(

@@ -222,14 +222,16 @@ class MetricsLogger:
                     tag = name if name.startswith(kind + "/") else f"{kind}/{name}"
                     self._tb.add_scalar(tag, value, step)
 
-    def log_event(self, step: int, text: str, category: Optional[str] = None) -> None:
+    def log_event(self, step: int, text: str, category: Optional[str] = None, details: Optional[dict] = None) -> None:
         """A run event such as a reference reset ("reset") or a stage change ("stage");
-        ``prorl plot`` draws it as a labelled vertical line coloured by category."""
+        ``prorl plot`` draws it as a labelled vertical line coloured by category. ``details``:
+        more fields of the record (e.g. a layout change's from and to)."""
         if not self.enabled:
             return
         category = category or event_category(text)
         with self._disk_errors(step):
-            self._write({"step": step, "kind": "event", "time": time.time(), "text": text, "category": category})
+            self._write({"step": step, "kind": "event", "time": time.time(), "text": text, "category": category,
+                         **(details or {})})
             if self._tb is not None:
                 self._tb.add_text(f"events/{category}", text, step)
         message = f"[step {step}] {text}"

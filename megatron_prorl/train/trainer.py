@@ -114,11 +114,24 @@ class Trainer:
         """Last, once set-up (which draws random numbers, some seeded from the OS) is done: the
         process-global generators start from the seed, or, resuming, from the states the run
         had after its checkpointed step; so two runs of one config, and a resumed run, hold the
-        same states at the same step."""
-        if self.resumed_from is not None:
+        same states at the same step.
+
+        Resumed at another layout, the saved states belong to ranks that no longer exist (rank
+        r of TP2 x PP2 is not rank r of TP1 x DP4), so each rank re-derives its streams:
+        Megatron's tracker (model-parallel and data-parallel streams) from
+        ``(model.init_seed, step)`` as Megatron seeds it for this rank's TP/PP coordinates, and
+        Python, NumPy and torch from ``(trainer.seed, rank, step)``. Nothing a step computes draws
+        from them (sampling has its own per-prompt seeds, dropout is 0), so the run continues as
+        it would have; with dropout they would give other masks than an uninterrupted run's."""
+        if self.resumed_from is not None and self.layout_change is None:
             ckpt.load_rng(self.resumed_from)
             return
         seed = _seed(self.cfg.trainer.seed, self.rank)
+        if self.layout_change is not None:
+            from megatron.core import tensor_parallel
+
+            tensor_parallel.model_parallel_cuda_manual_seed(_seed(self.cfg.model.init_seed, self.step))
+            seed = _seed(self.cfg.trainer.seed, self.rank, self.step)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -178,6 +191,8 @@ class Trainer:
         resume = self.ckpts.latest()
         self.last_checkpoint = resume.name if resume is not None else None
         self.resumed_from: Optional[Path] = None
+        self.layout_change: Optional[dict] = None  # resumed at another layout: {step, from, to}
+        self.layout_changes: list[dict] = []  # every one of the run
         if resume is None and cfg.checkpoint.load:
             resume, how = resolve_checkpoint(cfg.checkpoint.load)
             log.info("checkpoint.load: %s (%s)", resume, how)
@@ -218,6 +233,11 @@ class Trainer:
     def _open_run_dir(self) -> None:
         self.logger = MetricsLogger(self.out, self.cfg.logging, self.total_steps, enabled=self.rank == 0,
                                     resume_step=self.step)
+        if self.layout_change is not None:
+            change = self.layout_change
+            self.logger.log_event(self.step, f"layout changed from {change['from']} to {change['to']} "
+                                             f"(resumed from {self.resumed_from.name}; RNG streams re-derived)",
+                                  "layout", details={"layout_from": change["from"], "layout_to": change["to"]})
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(to_yaml(self.cfg))
@@ -459,6 +479,7 @@ class Trainer:
             "actor": dataclasses.asdict(self.actor.state),
             "sampler": self.sampler.state_dict(), "reset_trigger": self.trigger.state_dict(),
             "validation_history": self.history,
+            "layout": self.layout().to_dict(), "layout_changes": self.layout_changes,
         }
 
     def save(self) -> Path:
@@ -483,7 +504,13 @@ class Trainer:
         self.logger.log_event(self.step, f"checkpoint {path}")
         return path
 
+    def layout(self) -> ckpt.Layout:
+        p = self.cfg.parallel
+        return ckpt.Layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, self.dp_size,
+                           "distributed" if self.actor.uses_distributed_optimizer else "plain")
+
     def _load(self, path: Path) -> None:
+        saved, here = ckpt.checkpoint_layout(path), self.layout()
         ckpt.load_actor(self.actor, path)
         self.resumed_from = path
         # Older checkpoints also hold the stage's "temperature" and "kl_beta": unused, the
@@ -495,7 +522,12 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.trigger.load_state_dict(state["reset_trigger"])
         self.history = state["validation_history"]
-        log.info("resumed from %s at step %d", path, self.step)
+        self.layout_changes = state.get("layout_changes", [])
+        if str(saved) != str(here):  # the optimizer kind is not part of it: a switch is refused before start
+            self.layout_change = {"step": self.step, "from": str(saved), "to": str(here)}
+            self.layout_changes.append(self.layout_change)
+        log.info("resumed from %s at step %d%s", path, self.step,
+                 f" (written at {saved}, now {here})" if self.layout_change else "")
 
     # ------------------------------------------------------------------ the end
     def summary(self) -> dict:
@@ -504,7 +536,8 @@ class Trainer:
         before = next((h for h in self.history if h["step"] == 0), None)
         last = self.history[-1] if self.history else None
         return {"steps": self.step, "total_steps": self.total_steps, "stopped_by": self.stopped_by,
-                "before": before, "last_validation": last, "resets": [vars(r) for r in self.actor.state.resets]}
+                "before": before, "last_validation": last, "resets": [vars(r) for r in self.actor.state.resets],
+                "layout": str(self.layout()), "layout_changes": self.layout_changes}
 
     def close(self) -> None:
         self.logger.close()
