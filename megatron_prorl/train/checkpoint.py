@@ -264,6 +264,18 @@ def _index_params_in_group_order(opt) -> None:
 
 
 @contextlib.contextmanager
+def _overridden(optimizers, method: str, make):
+    """Each optimizer's ``method`` replaced by ``make(optimizer)`` for the block (an instance
+    attribute over the class's method, deleted after)."""
+    for opt in optimizers:
+        setattr(opt, method, make(opt))
+    try:
+        yield
+    finally:
+        for opt in optimizers:
+            delattr(opt, method)
+
+
 def _buckets_in_buffer_coordinates(optimizers):
     """megatron-core 0.16.1 (0.17.0 the same), optimizer/distrib_optimizer.py: for
     'fully_reshardable', get_parameter_state_dp_zero returns each buffer's state as its buckets'
@@ -293,13 +305,7 @@ def _buckets_in_buffer_coordinates(optimizers):
 
         return get_state
 
-    for opt in optimizers:
-        opt.get_parameter_state_dp_zero = laid_out(opt)
-    try:
-        yield
-    finally:
-        for opt in optimizers:
-            del opt.get_parameter_state_dp_zero  # the class's method again
+    return _overridden(optimizers, "get_parameter_state_dp_zero", laid_out)
 
 
 # Without Transformer Engine or Apex (the CPU path), Megatron-Core's optimizers wrap torch's Adam,
@@ -332,7 +338,6 @@ def _allocate_adam_state(opt) -> None:
             g["lr"] = lr
 
 
-@contextlib.contextmanager
 def _steps_passed_through(optimizers):
     """load_parameter_state_from_fully_reshardable hands _set_main_param_and_optimizer_states
     the parameter's tensors without "step" (it is restored from the param groups), which then
@@ -348,13 +353,7 @@ def _steps_passed_through(optimizers):
 
         return set_states
 
-    for opt in optimizers:
-        opt._set_main_param_and_optimizer_states = passing_step(opt)
-    try:
-        yield
-    finally:
-        for opt in optimizers:
-            del opt._set_main_param_and_optimizer_states  # the class's method again
+    return _overridden(optimizers, "_set_main_param_and_optimizer_states", passing_step)
 
 
 def _own_step_per_parameter(torch_optimizer) -> None:
