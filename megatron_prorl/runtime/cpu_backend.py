@@ -93,10 +93,11 @@ class _CudaToCpu(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.Tensor.cuda:
             return args[0]
-        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and not torch.cuda.is_available():
             # The type's name: the CUDA one, which Megatron's checks expect (0.16.1
             # distrib_optimizer.py DistributedOptimizer._build_model_and_main_param_groups
-            # accepts only torch.cuda.{Float,Half,BFloat16}Tensor parameters).
+            # accepts only torch.cuda.{Float,Half,BFloat16}Tensor parameters). Not where CUDA
+            # is available (a simulated one: its tensors name their own device).
             name = func(*args)
             return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
         if "device" in kwargs:

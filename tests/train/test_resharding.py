@@ -1,5 +1,6 @@
 """A trainer checkpoint written at TP2 x PP2 loads at every other layout of the same four ranks
-(TP1 x PP1 x DP4, TP2 x PP1 x DP2, TP1 x PP2 x DP2, and TP2 x PP2 again), for both optimizers
+(TP1 x PP1 x DP4, TP2 x PP1 x DP2, TP1 x PP2 x DP2, and TP2 x PP2 again), and one written at
+TP1 x PP1 x DP4 loads at TP2 x PP2, for both optimizers
 the project uses: the plain Megatron-Core optimizer (CPU default) and its DistributedOptimizer
 (GPU default; here on gloo). After loading, every parameter, the reference, the Adam moments and
 the fp32 master weights, gathered whole, are bit-identical to what was saved, and each
@@ -100,6 +101,14 @@ def _save_then_load_everywhere(ckpt_dir: str, distributed: bool, dtype: str):
         out[(tp, pp)] = {"differences": differences(saved["tensors"], loaded["tensors"]),
                          "steps": loaded["steps"], "shared_steps": loaded["shared_steps"],
                          "steps_after": after["steps"], "type": type(actor.optimizer.chained_optimizers[0]).__name__}
+        if (tp, pp) == (1, 1):  # saved at DP4 too (the distributed optimizer gathers over DP first)
+            save_actor(actor, Path(ckpt_dir + "-dp4"))
+            saved_dp4 = after
+    actor = _actor_at(2, 2, distributed, dtype)
+    load_actor(actor, Path(ckpt_dir + "-dp4"))
+    loaded = _whole_state(actor)
+    out["dp4 -> (2, 2)"] = {"differences": differences(saved_dp4["tensors"], loaded["tensors"]),
+                            "steps": loaded["steps"], "shared_steps": loaded["shared_steps"]}
     shutdown_distributed()
     return out
 
@@ -124,3 +133,5 @@ def test_optimizer_and_models_reshard_bit_exactly(tmp_path, distributed, dtype):
         assert got["differences"] == [], (layout, got["differences"][:5])
         assert got["steps"] == [2.0] and got["shared_steps"] == 0, (layout, got)
         assert got["steps_after"] == [4.0], (layout, got)
+    back = out["dp4 -> (2, 2)"]  # a checkpoint written at TP1 x PP1 x DP4, loaded at TP2 x PP2
+    assert back["differences"] == [] and back["steps"] == [4.0] and back["shared_steps"] == 0, back
