@@ -2,8 +2,9 @@
 DP2 and at TP2 x PP1 x DP2, a TP1 x PP1 x DP2 checkpoint back at TP2 x PP2 and at DP1 (a lost
 node). Each resumed step repeats the uninterrupted TP2 x PP2 run's step: the same prompts and
 samples (so rewards, lengths and dynamic-sampling counts are equal), and the update's loss and
-metrics equal within fp32 reduction order (rel 1e-4, abs 1e-6: other TP/PP/DP sizes sum the
-same numbers in another order; measured differences are ~1e-7 relative). A layout the model
+metrics equal within fp32 reduction order (rel 1e-4 or abs 1e-6: other TP/PP/DP sizes sum the
+same numbers in another order; measured at most 4.2e-7 absolute on any metric, 1.3e-4 relative
+only on a loss of -2.4e-4, a difference of two near-equal terms). A layout the model
 cannot take, or another optimizer than the one that wrote the state, is refused before any rank
 starts, naming both layouts.
 
