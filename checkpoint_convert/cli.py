@@ -70,6 +70,7 @@ def setup_logging() -> None:
 
 def convert(args) -> int:
     """Run the conversion ``args`` names; print its summary line."""
+    # Late: the conversions import torch and Megatron-Core; --help and argument errors do not.
     if args.command == "hf-to-megatron":
         from checkpoint_convert.convert import hf_to_megatron
 

@@ -1,6 +1,7 @@
 """The `prorl` command.
 
     prorl train CONFIG [key=value ...] [--nproc N] [--debug]
+    prorl plan CONFIG [key=value ...] [--gpu-memory 81559MiB] [--gpus N] [--json]
     prorl plot RUN_DIR [--out DIR]
     prorl data prepare --out DIR [--only DOMAIN ...]   (see megatron_prorl/data/prepare.py)
     prorl eval --model DIR_OR_CKPT --data SOURCE [...] --out DIR    (also: eval compare, eval creativity)
@@ -14,6 +15,8 @@ before any rank starts where it can be; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+# Each command imports its machinery (torch, Megatron-Core, the trainer) when it runs, inside its
+# function: `prorl --help`, a typo in the arguments and `prorl plot` stay fast.
 import argparse
 import contextlib
 import json
@@ -26,9 +29,10 @@ from megatron_prorl.errors import USER_ERRORS, UserError
 from megatron_prorl.plugins import load_plugins
 
 
-def check_before_start(cfg: ProRLConfig, world_size: int) -> None:
+def check_before_start(cfg: ProRLConfig, world_size: int, report: bool = True) -> None:
     """What can be checked without starting ranks: the model's config.json against the layout
-    and the world size (and against the checkpoint the run resumes), and the stage schedule."""
+    and the world size (and against the checkpoint the run resumes), the stage schedule, and on
+    GPUs the memory plan."""
     from checkpoint_convert.arch import hf_arch, read_hf_config
     from megatron_prorl.models.builder import resolve_hf_dir
     from megatron_prorl.train.stages import resolve_stages
@@ -40,6 +44,46 @@ def check_before_start(cfg: ProRLConfig, world_size: int) -> None:
     check_resume_layout(cfg, hf_config, world_size)
     validate(cfg, hf_config, world_size=world_size)
     resolve_stages(cfg)
+    check_memory_plan(cfg, world_size, report)
+
+
+def check_memory_plan(cfg: ProRLConfig, world_size: int, report: bool = True) -> None:
+    """On a GPU: refuse a config whose plan exceeds this GPU (megatron_prorl/plan), in one line
+    naming the stage, phase and shortfall, unless trainer.ignore_memory_plan. Without CUDA the
+    plan (as this machine would run it) is only reported. ``report``: print the verdicts (one
+    rank of a launched job does)."""
+    import importlib.util
+
+    import torch
+
+    from megatron_prorl.plan.inputs import Target
+    from megatron_prorl.plan.memory import GiB
+    from megatron_prorl.plan.report import plan_config, verdict
+    from megatron_prorl.runtime.accelerator import resolve_transformer_impl
+
+    on_gpu = torch.cuda.is_available()
+    te = resolve_transformer_impl(cfg.model) == "transformer_engine"
+    fused = any(importlib.util.find_spec(m) is not None for m in ("transformer_engine", "apex"))
+    gpu_bytes = torch.cuda.mem_get_info()[1] if on_gpu else 0
+    plans = plan_config(cfg, Target(gpu_bytes=gpu_bytes, gpus=world_size, on_gpu=on_gpu, transformer_engine=te,
+                                    fused_adam=fused, runtime_overheads=on_gpu))
+    if not on_gpu:
+        for p in plans if report else ():
+            print(f"prorl: memory plan: stage {p.name}: peak {p.peak / GiB:.2f} GiB per device in {p.peak_phase} "
+                  f"(`prorl plan` for the table)", file=sys.stderr)
+        return
+    for p in plans:
+        if p.fits:
+            continue
+        message = (f"memory plan: stage {p.name!r} does not fit this GPU: {p.peak_phase} needs "
+                   f"{p.peak / GiB:.2f} GiB of {gpu_bytes / GiB:.2f} GiB ({p.shortfall / GiB:.2f} GiB short); "
+                   "`prorl plan` shows the terms and what would fit")
+        if not cfg.trainer.ignore_memory_plan:
+            raise UserError(message + "; trainer.ignore_memory_plan=true runs it anyway")
+        if report:
+            print(f"prorl: warning: {message} (trainer.ignore_memory_plan=true: running anyway)", file=sys.stderr)
+    for p in plans if report else ():
+        print(f"prorl: memory plan: stage {p.name}: {verdict(p)}", file=sys.stderr)
 
 
 def _train_rank(config_path: str, overrides: list[str], hold_lock: bool) -> dict:
@@ -94,7 +138,7 @@ def train(args) -> int:
     env = detect_env()
     launched = under_launcher()
     nproc = env.world_size if launched else args.nproc or mp
-    check_before_start(cfg, nproc)
+    check_before_start(cfg, nproc, report=env.rank == 0)
     if launched or nproc == 1:
         # Under torchrun/srun the first rank holds the run directory for the job.
         summary = _train_rank(args.config, args.overrides, hold_lock=env.rank == 0)
@@ -119,6 +163,26 @@ def write_summary(summary: dict, run_dir: str) -> None:
         raise UserError(f"{path}: not written ({exc.strerror or exc}); the run itself is checkpointed") from exc
 
 
+def plan(args) -> int:
+    """`prorl plan`: exit 0 when every stage fits, 1 when one does not (2: bad input)."""
+    from checkpoint_convert.arch import hf_arch
+    from megatron_prorl.plan.inputs import Target, model_config, parse_bytes
+    from megatron_prorl.plan.memory import Shape
+    from megatron_prorl.plan.report import plan_config, render, to_json
+    from megatron_prorl.train.validate import load_run_config, validate
+
+    cfg = load_run_config(args.config, args.overrides)
+    if args.gpus < 1:
+        raise UserError(f"--gpus={args.gpus}: must be >= 1")
+    target = Target(gpu_bytes=parse_bytes(args.gpu_memory), gpus=args.gpus)
+    hf_config, source = model_config(cfg.model.hf_dir)
+    shape = Shape.of(hf_arch(hf_config, source=source))
+    validate(cfg, hf_config, world_size=args.gpus)
+    plans = plan_config(cfg, target, shape)
+    print(to_json(plans, target.gpu_bytes) if args.json else render(cfg, target, plans, shape, args.config))
+    return 0 if all(p.fits for p in plans) else 1
+
+
 def plot(args) -> int:
     from megatron_prorl.train.plot import main as plot_main
 
@@ -137,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local processes to start when not under torchrun/srun (default: TP x PP)")
     t.add_argument("--debug", action="store_true", help="show the traceback of an error in the input")
     t.set_defaults(func=train)
+    pl = sub.add_parser("plan", help="GPU memory per stage and phase of a config (needs only the model's "
+                                     "config.json): does it fit, and what would")
+    pl.add_argument("config", help="YAML config, e.g. configs/prorl_1p5b_4node.yaml")
+    pl.add_argument("overrides", nargs="*", help="key=value overrides; model.hf_dir= a directory with a "
+                                                 "config.json, or the config.json itself")
+    pl.add_argument("--gpu-memory", default="81559MiB",
+                    help="memory of one GPU (default: an H100 80GB as NVML reports it, 81559MiB)")
+    pl.add_argument("--gpus", type=int, default=8, help="GPUs of the run (world size; default 8, one node)")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.add_argument("--debug", action="store_true", help="show the traceback of an error in the input")
+    pl.set_defaults(func=plan)
     p = sub.add_parser("plot", help="write PNG charts of a run's metrics")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None)
@@ -151,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args``, with ``key=value`` overrides accepted after the flags too
+    (``prorl plan CONFIG --gpus 32 rollout.n=8``): argparse stops filling a positional list at
+    the first flag."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -162,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_prorl.eval.cli import main as eval_main
 
         return eval_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return args.func(args)
     except USER_ERRORS as exc:

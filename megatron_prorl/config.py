@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -46,6 +46,10 @@ class ModelConfig:
     recompute_activations: bool = False
     # Keep the frozen reference policy in CPU memory between uses (GPU only).
     offload_reference: bool = False
+    # Log-probs and entropy computed over this many tokens at a time (recomputed in backward),
+    # so the fp32 copies of the [tokens, vocab / TP] logits cover one chunk, not the whole
+    # micro-batch. null: all tokens at once.
+    logprob_chunk_tokens: Optional[int] = None
     init_seed: int = 1234
 
 
@@ -129,8 +133,21 @@ class BatchConfig:
     # Prompts per rollout step, and prompts per optimizer update (batch / mini_batch updates).
     prompts_per_step: int = 256
     prompts_per_mini_batch: int = 64
-    # Sequences per micro-batch through the pipeline schedule.
+    # Sequences per micro-batch through the pipeline schedule (when no token budget is set).
     micro_batch_size: int = 4
+    # A token budget per micro-batch instead of a sequence count: sequences sorted by length and
+    # bin-packed so each micro-batch holds at most this many tokens (padding included; a multiple
+    # of 8, and at least every stage's max_prompt_length + max_response_length); the number of
+    # micro-batches then varies per step, and the work is balanced over data-parallel ranks.
+    # null: micro_batch_size sequences, padded to the batch's longest.
+    max_tokens_per_micro_batch: Optional[int] = None
+    # The same for the passes that only compute log-probs (old policy, reference), which keep no
+    # activations for a backward and can take more. null: as max_tokens_per_micro_batch
+    # (micro_batch_size sequences when that is null too).
+    max_tokens_per_logprob_micro_batch: Optional[int] = None
+    # Put several sequences into one row of a micro-batch, none padded, with positions restarting
+    # and attention confined to each sequence (THD layout). Needs a token budget.
+    pack_sequences: bool = False
 
 
 @dataclass
@@ -255,6 +272,9 @@ class TrainerConfig:
     generation_chunks: int = 2
     seed: int = 42
     output_dir: str = "runs/default"
+    # `prorl train` on GPUs refuses a config whose memory plan (`prorl plan`) exceeds the GPU, naming
+    # the stage, phase and shortfall; true runs it anyway (the plan is then only logged).
+    ignore_memory_plan: bool = False
 
 
 @dataclass
@@ -319,6 +339,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise _explain(exc, str(path)) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    return _finish(cfg, overrides)
+
+
+def with_overrides(cfg: ProRLConfig, overrides: Sequence[str]) -> ProRLConfig:
+    """``cfg`` with ``key=value`` overrides applied and checked as :func:`load_config` does."""
+    return _finish(OmegaConf.structured(cfg), overrides)
+
+
+def _finish(node: DictConfig, overrides: Sequence[str]) -> ProRLConfig:
+    _apply_overrides(node, overrides)
+    obj = OmegaConf.to_object(node)
+    check_fields(obj)
+    return obj
+
+
+def _apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply ``key=value`` items to ``cfg`` in place, each checked against its field."""
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or not key:
@@ -335,9 +372,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': the value is not valid YAML "
                               f"({getattr(exc, 'problem', None) or exc})") from None
-    obj = OmegaConf.to_object(cfg)
-    check_fields(obj)
-    return obj
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -396,6 +430,15 @@ def check_fields(cfg: ProRLConfig) -> None:
                        ("rollout.engine_tensor_parallel_size", r.engine_tensor_parallel_size),
                        ("parallel.collective_timeout_minutes", p.collective_timeout_minutes)):
         at_least(key, value, 1)
+    for key in ("max_tokens_per_micro_batch", "max_tokens_per_logprob_micro_batch"):
+        budget = getattr(b, key)
+        if budget is not None and (budget < 8 or budget % 8):
+            raise ConfigError(f"batch.{key}={budget}: must be a positive multiple of 8 (rows are padded to "
+                              "multiples of 8 tokens), or null")
+    if b.pack_sequences and b.max_tokens_per_micro_batch is None and b.max_tokens_per_logprob_micro_batch is None:
+        raise ConfigError("batch.pack_sequences=true needs a token budget: set batch.max_tokens_per_micro_batch")
+    if m.logprob_chunk_tokens is not None and m.logprob_chunk_tokens < 1:
+        raise ConfigError(f"model.logprob_chunk_tokens={m.logprob_chunk_tokens}: must be >= 1 (or null: no chunking)")
     if b.prompts_per_step % b.prompts_per_mini_batch:
         raise ConfigError(
             f"batch.prompts_per_mini_batch={b.prompts_per_mini_batch} does not divide "

@@ -11,6 +11,7 @@ directories. verify exits 1 when the logits differ by more than the tolerance.
 
 from __future__ import annotations
 
+# `verify` imports Megatron-Core when it runs: the conversions and --help do not need it.
 import sys
 from typing import Optional, Sequence
 

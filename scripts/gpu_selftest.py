@@ -28,7 +28,8 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BENCHES = ("bench/gpu/bench_policy_mfu.py", "bench/gpu/bench_rollout.py", "bench/gpu/bench_weight_sync.py")
+BENCHES = ("bench/gpu/bench_memory_plan.py", "bench/gpu/bench_policy_mfu.py", "bench/gpu/bench_rollout.py",
+           "bench/gpu/bench_weight_sync.py")
 TESTS = "tests/gpu"
 NOTE_WIDTH = 100
 

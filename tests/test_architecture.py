@@ -22,7 +22,8 @@ LAYERS = {
     "domains": 3, "models": 3,
     "data": 4, "rewards": 4, "rollout": 4, "weight_sync": 4,
     "train": 5, "eval": 5,
-    "cli": 6, "convert_cli": 6,
+    "plan": 6,
+    "cli": 7, "convert_cli": 7,
 }
 
 

@@ -26,6 +26,10 @@ def test_paper_config_matches_the_recipe():
     assert (cfg.algo.eps_low, cfg.algo.eps_high, cfg.rollout.temperature, cfg.optim.lr) == (0.2, 0.4, 1.2, 2e-6)
     assert (cfg.algo.clip_ratio_c, cfg.algo.kl_estimator, cfg.algo.kl_clamp) == (3.0, "k3", 10.0)  # verl's
     assert [s.max_response_length for s in cfg.trainer.stages] == [8192, 16384]
+    from megatron_prorl.train.stages import resolve_stages
+
+    resolve_stages(cfg)  # its token budgets hold the 16k stage's 2,048 + 16,384 tokens
+    assert cfg.batch.pack_sequences and cfg.model.logprob_chunk_tokens
 
 
 def test_verl_defaults_and_switching_them_off():

@@ -66,8 +66,9 @@ def test_without_cuda_each_says_so_without_a_traceback(runs, name):
     assert code == (1 if name == "selftest" else 0)
 
 
-def test_the_bench_scripts_are_the_three_measurements():
-    assert [p.name for p in BENCHES] == ["bench_policy_mfu.py", "bench_rollout.py", "bench_weight_sync.py"]
+def test_the_bench_scripts_are_the_four_measurements():
+    assert [p.name for p in BENCHES] == ["bench_memory_plan.py", "bench_policy_mfu.py", "bench_rollout.py",
+                                         "bench_weight_sync.py"]
     assert tuple(f"bench/gpu/{p.name}" for p in BENCHES) == _load(ROOT / "scripts" / "gpu_selftest.py").BENCHES
 
 
@@ -143,11 +144,13 @@ def test_main_runs_the_tests_then_each_benchmark_and_fails_on_any_failure(runs, 
     assert selftest.main(["--out", str(tmp_path)]) == 0
     assert ran == ["pytest -m gpu tests/gpu", *selftest.BENCHES]
     printed = capsys.readouterr().out
-    assert f"OK: 3 passed, 0 failed, {len(GPU_TESTS)} skipped" in printed and "NVIDIA H200 x1" in printed
+    assert f"OK: {len(selftest.BENCHES)} passed, 0 failed, {len(GPU_TESTS)} skipped" in printed
+    assert "NVIDIA H200 x1" in printed
     outputs["bench/gpu/bench_rollout.py"] = (1, "Traceback (...)\nRuntimeError: CUDA out of memory")
     assert selftest.main(["--out", str(tmp_path), "--no-bench"]) == 0
     assert selftest.main(["--out", str(tmp_path)]) == 1
-    assert f"FAILED: 2 passed, 1 failed, {len(GPU_TESTS)} skipped" in capsys.readouterr().out
+    assert (f"FAILED: {len(selftest.BENCHES) - 1} passed, 1 failed, {len(GPU_TESTS)} skipped"
+            in capsys.readouterr().out)
 
 
 def test_an_engine_that_cannot_start_fails_the_self_check(runs, monkeypatch, tmp_path, capsys):

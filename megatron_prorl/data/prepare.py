@@ -48,10 +48,11 @@ from pathlib import Path
 from typing import Callable
 
 from megatron_prorl import domains
+from megatron_prorl.config import ConfigError, DataSourceConfig, load_config
 from megatron_prorl.data import heldout
 from megatron_prorl.data import reasoning_gym_mix as mix
 from megatron_prorl.data.formats import FORMATS
-from megatron_prorl.data.loader import BadRowWarning, Source, load_source, load_split, save_rows
+from megatron_prorl.data.loader import BadRowWarning, Source, check_config, load_source, load_split, save_rows
 from megatron_prorl.data.readers import HUB_PREFIX
 from megatron_prorl.registry import resolve
 
@@ -143,8 +144,6 @@ def _generated(split: str, size: int, seed: int, generate: str) -> Source:
 def _load(what: str, spec: str, fmt: str, domain: str, echo: Callable[[str], None]) -> Source:
     """One source through load_source; its bad-row warnings are echoed, and any failure to read
     it (missing or unparsable file, Arrow or hub error) becomes one line naming the source."""
-    from megatron_prorl.config import DataSourceConfig
-
     datasets_log = logging.getLogger("datasets")
     level = datasets_log.level
     datasets_log.setLevel(logging.CRITICAL)  # it logs, over many lines, the failure reported here
@@ -265,9 +264,6 @@ def _check_local(what: str, spec: str) -> None:
 def _load_config(path: Path, out: Path):
     """The config, with ${PRORL_DATA} resolving to ``out`` (its data.val may name files there);
     its data section checked (the rest is the training run's to check)."""
-    from megatron_prorl.config import ConfigError, load_config
-    from megatron_prorl.data.loader import check_config
-
     previous = os.environ.get("PRORL_DATA")
     os.environ["PRORL_DATA"] = str(out)
     try:

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+# Each subcommand imports its machinery (torch, the engines, matplotlib) when it runs: --help and
+# argument errors stay fast.
 import argparse
 import sys
 from pathlib import Path

@@ -17,6 +17,9 @@ from typing import Iterator
 
 from megatron_prorl import builtin
 
+# checkpoint_convert's checkpoint modules import torch: imported when a checkpoint is named, so that
+# `prorl eval --help` (which imports this module) stays fast.
+
 class ModelNotFound(ValueError):
     pass
 

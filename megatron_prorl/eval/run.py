@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from megatron_prorl.data.loader import derive_seed
+# `prorl eval --help` imports this module (EvalSettings): what imports torch (the engines, the
+# reward pool, the rollout and data modules below them) is imported where sampling starts.
+
 from megatron_prorl import builtin
+from megatron_prorl.data.loader import derive_seed
 from megatron_prorl.eval.model import find_checkpoint, hf_model_dir
 from megatron_prorl.eval.sources import EvalSource, load_sources
 

@@ -88,7 +88,12 @@ def layer_spec(model: ModelConfig):
 
     if resolve_transformer_impl(model) == "transformer_engine":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    from megatron_prorl.models.attention import PackedDotProductAttention
+
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    # The local attention refuses packed rows; this one runs them sequence by sequence.
+    spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
+    return spec
 
 
 def build_gpt_model(arch: HFArch, model: ModelConfig, parallel: ParallelConfig, max_sequence_length: Optional[int] = None):

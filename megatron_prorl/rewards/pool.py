@@ -32,6 +32,8 @@ from megatron_prorl.config import RewardsConfig
 from megatron_prorl.domains import Domain, Verifier
 from megatron_prorl.domains.result import CodeExecutionDisabled, RewardItem, RewardResult
 from megatron_prorl.rewards import score
+from megatron_prorl.runtime import process
+from megatron_prorl.sandbox import sandbox
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,6 @@ def _warm(domain: str, cfg: RewardsConfig) -> Optional[dict]:
 
 def _worker_main(conn: Connection, progress: Any, cfg_dict: dict, extra: dict, preload: Sequence[str],
                  parent_pid: int) -> None:
-    from megatron_prorl.runtime import process
-    from megatron_prorl.sandbox import sandbox
-
     # Ctrl-C and the run's stop signals are the trainer's to handle; never outlive it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     process.ignore_stop_signals()
@@ -364,10 +363,8 @@ class RewardPool:
 
     @staticmethod
     def _kill(worker: _Worker) -> None:
-        from megatron_prorl.sandbox.sandbox import cleanup_worker_cgroups
-
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join()
         worker.conn.close()
-        cleanup_worker_cgroups(worker.process.pid)
+        sandbox.cleanup_worker_cgroups(worker.process.pid)

@@ -8,15 +8,17 @@ each is ``log_softmax(logits / T)`` at the sampled token, in float32 (see
 :mod:`megatron_prorl.rollout.sampling` for top_p < 1).
 
 Batching: all prompts x n samples form one batch (chunked by whole prompts when
-``max_batch_size`` is set). Each prompt is prefilled once and its cache repeated n times;
-prompts are left-padded with position ids counted over real tokens only; rows that finish are
-dropped from the batch (and its cache) so they cost nothing afterwards. Prompt i of a call
-samples from its own random stream, seeded ``params.seed + i``
+``max_batch_size`` is set, the prompts then sorted longest first so that each chunk's prompts,
+left-padded to its longest, carry little padding through the prefill and every decoding step's
+attention over the cache; samples come back in the prompts' order). Each prompt is prefilled
+once and its cache repeated n times; prompts are left-padded with position ids counted over real
+tokens only; rows that finish are dropped from the batch (and its cache) so they cost nothing
+afterwards. Prompt i of a call samples from its own random stream, seeded ``params.seed + i``
 (:func:`~megatron_prorl.rollout.sampling.prompt_uniforms`): the same seed and the same inputs
-give the same outputs, and a prompt's samples do not depend on the other prompts of its batch,
-so a caller that splits prompts differently (other chunks, other data-parallel replicas) and
-offsets the seed by each piece's first index draws the same samples (up to the float rounding
-of another batch shape).
+give the same outputs, and a prompt's samples do not depend on the other prompts of its batch
+or chunk, so a caller that splits prompts differently (other chunks, other data-parallel
+replicas) and offsets the seed by each piece's first index draws the same samples (up to the
+float rounding of another batch shape).
 """
 
 from __future__ import annotations
@@ -156,14 +158,19 @@ class TransformersEngine(RolloutEngine):
             raise RuntimeError("TransformersEngine.generate while asleep: call wake() first")
         check_prompts(prompt_ids)
         per_chunk = max(1, (self.max_batch_size or len(prompt_ids) * params.n) // params.n)
+        order = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
+        if per_chunk >= len(prompt_ids):
+            order = list(range(len(prompt_ids)))  # one batch: its padding is the same in any order
         samples: list[Sample] = []
         for first in range(0, len(prompt_ids), per_chunk):
-            samples += self._generate_chunk(prompt_ids[first:first + per_chunk], first, params)
-        return samples
+            chunk = order[first:first + per_chunk]
+            samples += self._generate_chunk([prompt_ids[i] for i in chunk], chunk, params)
+        return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
     @torch.inference_mode()
-    def _generate_chunk(self, prompts: Sequence[Sequence[int]], first_index: int,
+    def _generate_chunk(self, prompts: Sequence[Sequence[int]], indices: Sequence[int],
                         params: SamplingParams) -> list[Sample]:
+        """Samples of ``prompts`` (the prompts numbered ``indices`` in the call)."""
         n, dev = params.n, self.device
         eos = torch.tensor(self.eos_token_ids, device=dev)
         stops = torch.tensor(params.stop_token_ids, device=dev, dtype=torch.long)
@@ -189,8 +196,8 @@ class TransformersEngine(RolloutEngine):
         rows = len(prompts) * n
         tokens = torch.full((rows, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=dev)
         logps = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32, device=dev)
-        uniforms = torch.cat([prompt_uniforms(params.seed + first_index + i, n, params.max_new_tokens)
-                              for i in range(len(prompts))]).to(dev)  # the size of logps
+        uniforms = torch.cat([prompt_uniforms(params.seed + i, n, params.max_new_tokens)
+                              for i in indices]).to(dev)  # the size of logps
         lengths = torch.full((rows,), params.max_new_tokens, dtype=torch.long, device=dev)
         reasons = ["length"] * rows
         active = torch.arange(rows, device=dev)  # batch row -> output row
@@ -218,7 +225,7 @@ class TransformersEngine(RolloutEngine):
             next_pos = next_pos + 1
 
         tokens, logps, lengths = tokens.cpu(), logps.cpu(), lengths.tolist()
-        return [Sample(prompt_index=first_index + row // n, sample_index=row % n,
+        return [Sample(prompt_index=indices[row // n], sample_index=row % n,
                        token_ids=tokens[row, :lengths[row]].tolist(), logprobs=logps[row, :lengths[row]].clone(),
                        finish_reason=reasons[row])
                 for row in range(rows)]

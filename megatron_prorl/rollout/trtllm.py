@@ -88,6 +88,15 @@ cache (discarded; re-mapped empty at the same addresses and size on wake), and t
 sampler/executor/decoder buffers. The Ray worker processes, their CUDA contexts and NCCL
 communicators stay. ``wake()`` re-maps them; ``generate`` then needs ``update_weights`` first.
 
+Request order. Each round's prompts go to one ``llm.generate`` call, unsorted: the PyTorch
+backend batches in flight, choosing at every step which requests run (its scheduler: a
+capacity scheduler for the KV cache, then a micro-batch scheduler under ``max_batch_size`` and
+``max_num_tokens``, rc24 ``TorchLlmArgs`` defaults 2048 and 8192; docs ``torch/scheduler.html``,
+read at 1.4.0rc4 and unversioned, rc24's copy not found), with the tokens of every request packed
+without padding (docs ``features/paged-attention-ifb-scheduler.html``: in-flight batching
+"requires the input tensors to be packed (no padding)"). Sorting or bucketing prompts by length
+would change nothing there; the transformers engine, which pads, sorts its chunks itself.
+
 GPU-only assumptions nothing here could check (upstream file and version read for each):
 
 1. ``SleepConfig()`` with defaults is valid and every ``ExecutorMemoryType`` value is a tag the
@@ -143,11 +152,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, MutableMappi
 
 import torch
 
-from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
-from megatron_prorl.runtime.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
 from megatron_prorl.rollout.base import (Bucket, RolloutEngine, Sample, SamplingParams, SyncStats, check_prompts,
                                          generation_config_eos)
 from megatron_prorl.rollout.hf_export import engine_named_tensors, write_hf_dir
+from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
+from megatron_prorl.runtime.distributed import free_port
+from megatron_prorl.runtime.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RolloutConfig
@@ -441,8 +451,6 @@ class TensorRTLLMEngine(RolloutEngine):
                    kv_cache_max_bytes=cfg.kv_cache_max_bytes)
 
     def _engine_env(self) -> dict[str, str]:
-        from megatron_prorl.runtime.distributed import free_port
-
         return engine_environment(os.environ, self._gpus, free_port())
 
     def _start_ray(self) -> None:

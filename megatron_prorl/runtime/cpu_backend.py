@@ -10,7 +10,12 @@ many places. :func:`enable` removes exactly the obstacles measured on megatron-c
    for the few places that hard-code CUDA (pipeline schedules, optimizer, grad scaler), and
    ``Tensor.type()`` names CUDA types (the distributed optimizer accepts only those);
 4. gradient clipping is replaced by a device-agnostic version (Megatron's asserts CUDA grads);
-5. 0.19's unconditional import of a triton kernel module gets an empty stand-in.
+5. 0.19's unconditional import of a triton kernel module gets an empty stand-in;
+6. activation recomputation (tensor_parallel/random.py CheckpointFunction): it saves and
+   restores the "CUDA" RNG state, which on CPU is the CPU generator's that it already saves, so
+   the CUDA halves do nothing; and its backward, which the autograd engine runs without the
+   TorchFunctionModes active at the forward (3. above, and tests' simulated device), re-enters
+   them around the recomputed forward (which creates tensors with device="cuda").
 
 It is a no-op when CUDA is available, so the same code runs unchanged on GPUs.
 """
@@ -132,6 +137,22 @@ def _clip_grad_by_total_norm(parameters: Union[Iterable[torch.Tensor], torch.Ten
         torch._foreach_mul_(grads, clip_coeff)
 
 
+def _recompute_under_forward_modes(fn: type) -> None:
+    forward, backward = fn.forward, fn.backward
+
+    def forward_keeping_modes(ctx, *args):
+        ctx.function_modes = torch.overrides._get_current_function_mode_stack()
+        return forward(ctx, *args)
+
+    def backward_under_modes(ctx, *grads):
+        with contextlib.ExitStack() as stack:
+            for mode in ctx.function_modes:
+                stack.enter_context(mode)
+            return backward(ctx, *grads)
+
+    fn.forward, fn.backward = staticmethod(forward_keeping_modes), staticmethod(backward_under_modes)
+
+
 def _install_triton_stand_in() -> None:
     # megatron-core 0.19 imports a triton kernel module from pipeline_parallel.schedules; a fake
     # top-level `triton` would break torch._inductor, so only that module gets a stand-in.
@@ -173,6 +194,9 @@ def enable() -> bool:
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     mp_random.initialize_rng_tracker = lambda *a, **k: None
+    mp_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    mp_random._set_cuda_rng_state = lambda *a, **k: None
+    _recompute_under_forward_modes(mp_random.CheckpointFunction)
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm
 

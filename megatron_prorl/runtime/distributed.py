@@ -104,7 +104,11 @@ def init_distributed(parallel: ParallelConfig, env: Optional[DistEnv] = None, se
     from megatron.core import parallel_state, tensor_parallel
 
     timeout = timedelta(minutes=parallel.collective_timeout_minutes)
-    if not dist.is_initialized():
+    if not dist.is_initialized() and env.world_size == 1:
+        # One process needs no rendezvous: a port chosen in advance can be taken by another
+        # process before the store binds it (EADDRINUSE when several runs start on one host).
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    elif not dist.is_initialized():
         dist.init_process_group(backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
                                 rank=env.rank, world_size=env.world_size, timeout=timeout)
     parallel_state.initialize_model_parallel(

@@ -14,14 +14,14 @@ import os
 import signal
 from typing import Iterator
 
+from megatron_prorl.sandbox.confine import set_parent_death_signal
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def die_with_parent(parent_pid: int) -> None:
     """SIGKILL this process when its parent dies (Linux parent-death signal), and exit now if
     the parent is already gone (it may have died before the signal was armed)."""
-    from megatron_prorl.sandbox.confine import set_parent_death_signal
-
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)

@@ -13,17 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
 from megatron_prorl.runtime import device
 from megatron_prorl.algo import MAX_METRICS, PolicyObjective, normalisers
-from megatron_prorl.train.batch import TrainBatch
+from megatron_prorl.train.batch import (TrainBatch, balanced_partition, flatten, scatter_rows, sequence_work,
+                                        unflatten, unpack)
 from megatron_prorl.config import ParallelConfig, ProRLConfig
 from megatron_prorl.models.builder import HFArch, build_gpt_model, padded_vocab_size, resolve_dtype
-from megatron_prorl.models.logprobs import vocab_parallel_logprobs
+from megatron_prorl.models.logprobs import token_logprobs
 from megatron_prorl.models.pipeline import finalize_grads, run_pipeline
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,21 @@ class PolicyActor:
         return self.policy.module
 
     # ------------------------------------------------------------------------ log-probs
+    def _micro_batches(self, batch: TrainBatch, logprob_pass: bool) -> list[dict]:
+        """The pass's micro-batches: by token budget (packed or not) or micro_batch_size rows."""
+        b = self.cfg.batch
+        budget = b.max_tokens_per_micro_batch
+        if logprob_pass and b.max_tokens_per_logprob_micro_batch is not None:
+            budget = b.max_tokens_per_logprob_micro_batch
+        if budget is None:
+            return batch.micro_batches(b.micro_batch_size)
+        return batch.budget_micro_batches(budget, b.pack_sequences)
+
     def _loss_inputs(self, mb: dict, logits: torch.Tensor, temperature: float):
-        return vocab_parallel_logprobs(
-            logits[:, :-1], mb["input_ids"][:, 1:], self._vocab_start, self.arch.vocab_size,
-            temperature, with_entropy=True)
+        """(log-probs, entropy) of the micro-batch's rows, [rows, w] as its per-token tensors."""
+        logprobs, entropy = token_logprobs(logits, mb["input_ids"], self._vocab_start, self.arch.vocab_size,
+                                           temperature, self.cfg.model.logprob_chunk_tokens)
+        return unpack(logprobs, mb), unpack(entropy, mb)
 
     def forward_logprobs(self, batch: TrainBatch, temperature: float, model: str = "policy"):
         """(log-probs, entropy), each [N, S-1] at the rollout ``temperature``, on the last
@@ -143,29 +154,70 @@ class PolicyActor:
         net = self.policy if model == "policy" else self.reference
         was_training = net.training
         net.eval()
+        micro_batches = self._micro_batches(batch, logprob_pass=True)
         with torch.no_grad(), self._reference_on_device(model == "reference"):
-            out = run_pipeline(net, batch.micro_batches(self.cfg.batch.micro_batch_size), loss_fn, forward_only=True)
+            out = run_pipeline(net, micro_batches, loss_fn, forward_only=True)
         net.train(was_training)
         if not self._is_last_stage:
             return None, None
-        return tuple(torch.cat([o[k] for o in out])[: len(batch)] for k in ("logprobs", "entropy"))
+        return tuple(scatter_rows(micro_batches, [o[k] for o in out], batch.loss_mask) for k in ("logprobs", "entropy"))
+
+    # ---------------------------------------------------------------- data-parallel balance
+    def balance(self, batch: TrainBatch) -> TrainBatch:
+        """This rank's share of the step after dealing every mini-batch's sequences anew over the
+        data-parallel ranks, each share about the same work (:func:`~megatron_prorl.train.batch.
+        sequence_work`, Karmarkar-Karp); the rows of each optimizer update, over all ranks, stay
+        the same rows, so the update is the same. Every rank of a replica gets the same batch.
+        Only with a token budget (fixed micro-batches pad every row to the same length, so rows
+        cost the same) and more than one data-parallel rank; a mini-batch with fewer rows than
+        ranks keeps its rows where they are."""
+        b = self.cfg.batch
+        group = _dp_group()
+        dp = dist.get_world_size(group)
+        if dp == 1 or (b.max_tokens_per_micro_batch is None and b.max_tokens_per_logprob_micro_batch is None):
+            return batch
+        num_updates = self._num_updates(batch)
+        mine = torch.empty(len(batch), dtype=torch.long, device=batch.input_ids.device)
+        for k, idx in enumerate(batch.mini_batches(num_updates)):
+            mine[idx] = k
+        flat = flatten(batch)
+        flat["mini_batch"] = mine
+        gathered = {name: _all_gather_1d(t, group) for name, t in flat.items()}
+        flat, rows_per_rank = {name: t for name, (t, _) in gathered.items()}, gathered["lengths"][1]
+        a = self.arch
+        per_token = a.num_layers * a.hidden_size * (
+            (a.num_heads + 2 * a.num_query_groups) * a.head_dim + a.num_heads * a.head_dim + 3 * a.ffn_hidden_size
+        ) + a.hidden_size * a.vocab_size
+        work = sequence_work(flat["lengths"].tolist(), per_token, a.num_layers * a.num_heads * a.head_dim)
+        owner = [r for r, n in enumerate(rows_per_rank) for _ in range(n)]
+        rank, rows = dist.get_rank(group), []
+        for k in range(num_updates):
+            idx = (flat["mini_batch"] == k).nonzero().squeeze(-1).tolist()
+            if len(idx) < dp:
+                rows += [i for i in idx if owner[i] == rank]
+                continue
+            rows += [idx[j] for j in balanced_partition([work[i] for i in idx], dp)[rank]]
+        return unflatten(flat, rows)
+
+    def _num_updates(self, batch: TrainBatch) -> int:
+        """The step's optimizer updates: as the trainer labelled the rows (``mini_batch``, from
+        :mod:`megatron_prorl.train.placement`, which gives every data-parallel rank rows of every
+        update, so all ranks count alike), else prompts_per_step / prompts_per_mini_batch."""
+        if batch.mini_batch is not None:
+            return int(batch.mini_batch.max()) + 1
+        b = self.cfg.batch
+        return b.prompts_per_step // b.prompts_per_mini_batch
 
     # --------------------------------------------------------------------------- update
-    def update(self, batch: TrainBatch, temperature: float, kl_beta: float,
-               mini_batch_rows: Optional[Sequence[int]] = None) -> dict[str, float]:
-        """Mini-batch updates over this rank's batch: one optimizer step per entry of
-        ``mini_batch_rows`` (this rank's rows of each mini-batch, in order: the trainer's
-        placement, :mod:`megatron_prorl.train.placement`), by default prompts_per_step /
-        prompts_per_mini_batch equal pieces. ``batch.old_logprobs`` must be set (the policy's
-        own, before this call); ``ref_logprobs`` when ``kl_beta`` > 0. Returns metrics averaged
-        over the mini-batches."""
+    def update(self, batch: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
+        """Mini-batch updates over this rank's batch, one optimizer step per mini-batch
+        (:meth:`_num_updates`). ``batch.old_logprobs`` must be set (the policy's own, before this
+        call); ``ref_logprobs`` when ``kl_beta`` > 0. Returns metrics averaged over the
+        mini-batches."""
         if batch.old_logprobs is None and self._is_last_stage:
             raise ValueError("TrainBatch.old_logprobs is None: compute them with forward_logprobs first")
-        b = self.cfg.batch
-        rows = torch.arange(len(batch))
-        pieces = (rows.tensor_split(b.prompts_per_step // b.prompts_per_mini_batch) if mini_batch_rows is None
-                  else rows.split(list(mini_batch_rows)))
-        per_update = [self._update_mini_batch(batch.select(idx), temperature, kl_beta) for idx in pieces]
+        per_update = [self._update_mini_batch(batch.select(idx), temperature, kl_beta)
+                      for idx in batch.mini_batches(self._num_updates(batch))]
         return {k: sum(m[k] for m in per_update) / len(per_update) for k in per_update[0]}
 
     def _update_mini_batch(self, mb: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
@@ -216,8 +268,7 @@ class PolicyActor:
         self.policy.train()
         self.policy.zero_grad_buffer()
         self.optimizer.zero_grad()
-        out = run_pipeline(self.policy, mb.micro_batches(self.cfg.batch.micro_batch_size), loss_fn,
-                           forward_only=False)
+        out = run_pipeline(self.policy, self._micro_batches(mb, logprob_pass=False), loss_fn, forward_only=False)
         return self._reduce_metrics(out)
 
     def _reduce_metrics(self, out: list[dict]) -> dict[str, float]:
@@ -300,3 +351,14 @@ def _dp_group():
     from megatron.core import parallel_state as ps
 
     return ps.get_data_parallel_group()
+
+
+def _all_gather_1d(t: torch.Tensor, group) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's 1-D ``t`` (of any length) concatenated in rank order, and each rank's length."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, torch.tensor([t.numel()], device=t.device), group=group)
+    longest = max(int(n) for n in sizes)
+    padded = torch.cat([t, t.new_zeros(longest - t.numel())])
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p[:int(n)] for p, n in zip(parts, sizes)]), [int(n) for n in sizes]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from megatron_prorl.config import ConfigError, ProRLConfig
 from megatron_prorl.rollout.base import check_sampling
+from megatron_prorl.train.batch import check_budget
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def resolve_stages(cfg: ProRLConfig) -> list[Stage]:
             raise ConfigError(str(exc)) from None
         if st.n < 2:
             raise ConfigError(f"{key}: n={st.n}: GRPO needs at least 2 responses per prompt")
+        check_budget(cfg.batch, cfg.rollout.max_prompt_length + st.max_response_length, key)
     return stages
 
 

@@ -35,25 +35,29 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint_convert.checkpoint import CheckpointWriteError
-from megatron_prorl.train import checkpoint as ckpt
-from megatron_prorl.runtime import device
-from megatron_prorl.train.actor import ActorState, PolicyActor, ResetRecord
+from checkpoint_convert import dtypes, load_hf_weights, load_model_checkpoint
+from checkpoint_convert.arch import hf_arch, read_hf_config
+from checkpoint_convert.checkpoint import CheckpointMeta, CheckpointWriteError, resolve_checkpoint, verify_checkpoint
 from megatron_prorl.algo import fill
 from megatron_prorl.algo.reset import ResetTrigger
 from megatron_prorl.config import ProRLConfig, to_yaml
 from megatron_prorl.data import MixedSampler, domain_mix_weights, encode_prompt, load_data
-from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
-from megatron_prorl.train.experience import group_stats, max_response_length, to_train_batch
-from megatron_prorl.train.metrics import MetricsLogger
-from megatron_prorl.train.placement import assign, generation_block, num_updates, shares
 from megatron_prorl.models.builder import resolve_dtype, resolve_hf_dir
-from megatron_prorl.runtime.process import STOP_SIGNALS
+from megatron_prorl.rewards import RewardPool
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
 from megatron_prorl.rollout.base import eos_token_ids
 from megatron_prorl.rollout.generate import Group, generate_groups
+from megatron_prorl.runtime import device
+from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
+from megatron_prorl.runtime.process import STOP_SIGNALS
+from megatron_prorl.train import checkpoint as ckpt
+from megatron_prorl.train.actor import ActorState, PolicyActor, ResetRecord
+from megatron_prorl.train.experience import group_stats, max_response_length, to_train_batch
+from megatron_prorl.train.metrics import MetricsLogger
+from megatron_prorl.train.placement import assign, generation_block, num_updates, shares
 from megatron_prorl.train.stages import Stage, resolve_stages, stage_of, total_steps
 from megatron_prorl.train.validate import validate
+from megatron_prorl.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +143,6 @@ class Trainer:
     # ------------------------------------------------------------------------ set-up
     def _start_distributed(self) -> None:
         """Check the layout against the model before starting the process group; roles."""
-        from checkpoint_convert.arch import hf_arch, read_hf_config
-
         cfg = self.cfg
         self.hf_dir = resolve_hf_dir(cfg.model.hf_dir)
         self.hf_config = read_hf_config(self.hf_dir)
@@ -177,9 +179,6 @@ class Trainer:
     def _restore_or_initialise(self) -> None:
         """Resume the run's newest intact checkpoint; else start from checkpoint.load (a trainer
         checkpoint, or a converted model) or the HF weights."""
-        from checkpoint_convert import load_hf_weights, load_model_checkpoint
-        from checkpoint_convert.checkpoint import resolve_checkpoint, verify_checkpoint
-
         cfg = self.cfg
         self.out = Path(cfg.trainer.output_dir)
         self.ckpts = ckpt.CheckpointManager(self.out / "checkpoints", cfg.checkpoint.keep_last)
@@ -213,9 +212,6 @@ class Trainer:
         kernels) while their peers have nothing to do: all ranks meet on the host group (gloo)
         before the first sync, so the wait is a CPU barrier with parallel.collective_timeout_minutes,
         not an NCCL gather spinning on the GPU."""
-        from megatron_prorl.rewards import RewardPool
-        from megatron_prorl.weight_sync import WeightSync
-
         cfg = self.cfg
         self.engine = self.pool = None
         if self.is_engine_rank:
@@ -295,23 +291,26 @@ class Trainer:
     def train_step(self, step: int, stage: Stage) -> dict:
         cfg = self.cfg
         t_step = time.perf_counter()
-        groups, mini_batches, metrics = self._collect(step, stage)
+        groups, update_of, metrics = self._collect(step, stage)
         timings = {"time/sleep": 0.0, "time/reference": 0.0, "time/training": 0.0, "time/release": 0.0,
                    "time/wake": 0.0, "time/sync": 0.0}
-        if not mini_batches:
+        if not update_of:
             # Fewer informative groups than replicas (none at all, usually): nothing to learn from.
             metrics.update({"update_skipped": 1.0, "dynamic_sampling/all_filtered": 1.0})
         else:
             timings["time/sleep"] = self._engine_call("sleep")
             t0 = time.perf_counter()
             batch = to_train_batch(groups, cfg.algo.advantage, self.pad_id, cfg.algo.adv_eps, cfg.algo.scale_adv_by_std)
+            batch.mini_batch = torch.tensor([m for g, m in zip(groups, update_of) for _ in g.samples],
+                                            device=batch.input_ids.device)  # the update of each row
+            batch = self.actor.balance(batch)  # with a token budget: even work over data-parallel ranks
             batch.old_logprobs, _ = self.actor.forward_logprobs(batch, stage.temperature)
             t_ref = time.perf_counter()
             if stage.kl_beta > 0:
                 batch.ref_logprobs, _ = self.actor.forward_logprobs(batch, stage.temperature, "reference")
             timings["time/reference"] = time.perf_counter() - t_ref
             metrics.update(self._logprob_mismatch(batch))
-            metrics.update(self.actor.update(batch, stage.temperature, stage.kl_beta, mini_batches))
+            metrics.update(self.actor.update(batch, stage.temperature, stage.kl_beta))
             timings["time/training"] = time.perf_counter() - t0 - timings["time/reference"]
             del batch  # the step's tensors: their blocks go back to the device with the cache
             switch = self._release_and_wake()
@@ -360,8 +359,8 @@ class Trainer:
     def _collect(self, step: int, stage: Stage) -> tuple[list[Group], list[int], dict]:
         """Dynamic sampling over the whole step: rounds of prompts_per_step prompts, each replica
         generating its block, until prompts_per_step informative groups are kept (at most
-        algo.max_sampling_rounds rounds). Returns this replica's training groups, its rows in each
-        mini-batch (empty: the step has too few groups to update on) and the metrics."""
+        algo.max_sampling_rounds rounds). Returns this replica's training groups, the update each
+        belongs to (none: the step has too few groups to update on) and the metrics."""
         cfg = self.cfg
         target = cfg.batch.prompts_per_step
         updates = target // cfg.batch.prompts_per_mini_batch
@@ -404,12 +403,8 @@ class Trainer:
             "dynamic_sampling/rounds": float(filled.rounds), "response_length/max": max_len,
             "time/generation": gen_time, "time/reward": reward_time, "generated_tokens": n_tokens,
         })
-        groups = self._share_in_replica(groups)
-        rows, start = [], 0  # this replica's rows (responses) in each mini-batch
-        for update in plan[self.dp_rank]:
-            rows.append(sum(len(g.samples) for g in groups[start:start + len(update)]))
-            start += len(update)
-        return groups, rows, metrics
+        update_of = [m for m, update in enumerate(plan[self.dp_rank]) for _ in update]
+        return self._share_in_replica(groups), update_of, metrics
 
     def _move_to_trainers(self, kept: dict[int, Group], plan: list[list[list[int]]], origin: list[int]) -> list[Group]:
         """This replica's training groups, in update order (engine ranks): its own, and those
@@ -483,9 +478,6 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        from checkpoint_convert import dtypes
-        from checkpoint_convert.checkpoint import CheckpointMeta
-
         p = self.cfg.parallel
         meta = CheckpointMeta(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
                               dtype=dtypes.name_of(resolve_dtype(self.cfg.model)), family=self.arch.family)

@@ -163,3 +163,27 @@ def test_collectives_take_the_device_their_backend_requires():
         assert "NCCL group" in cpu_on_sub and "cpu" in cpu_scalar_on_nccl  # NCCL takes no CPU scalar either
         assert "a GLOO group takes CPU tensors" in cuda_on_gloo
         assert f"got tensors on cuda:{1 - rank}" in other_gpu  # the neighbour rank's GPU
+
+
+def test_bytes_are_counted_per_device_with_a_resettable_peak():
+    with simulated_cuda(megatron=False) as sim:
+        a = torch.zeros(1000, device="cuda")  # 4000 bytes
+        torch.cuda.set_device(1)
+        b = torch.zeros(10, dtype=torch.float64, device="cuda")
+        host = torch.zeros(10**6)  # CPU tensors are not counted
+        assert (sim.allocated("cuda:0"), sim.allocated("cuda:1")) == (4000, 80)
+        c = a * 2  # a new storage on a's device
+        view = c[:10]
+        assert sim.allocated("cuda:0") == 8000
+        del c
+        assert sim.allocated("cuda:0") == 8000  # the view keeps the storage alive
+        del view
+        assert sim.allocated("cuda:0") == 4000 and sim.max_allocated("cuda:0") == 8000
+        sim.reset_peak()
+        assert sim.max_allocated("cuda:0") == 4000
+        a.resize_(2000)  # in place, larger
+        assert sim.allocated("cuda:0") == 8000
+        moved = b.cpu()
+        del b
+        assert sim.allocated("cuda:1") == 0 and sim.max_allocated("cuda:1") == 80
+        assert moved.sum().item() == 0 and host.numel() == 10**6

@@ -49,6 +49,28 @@ def test_logprobs_at_temperature_match_a_full_forward(tied_setup, max_batch_size
     assert (s.logprobs - at_one).abs().max() > 1e-2
 
 
+def test_chunks_hold_prompts_of_similar_length_and_samples_keep_the_prompt_order(tied_setup, monkeypatch):
+    """max_batch_size 6 with n=3: two prompts per chunk, the longest two together (their left
+    padding is what every decoding step attends over), samples back in the prompts' order."""
+    cfg, ref, engine = tied_setup
+    chunks = []
+    real = TransformersEngine._generate_chunk
+
+    def spy(self, prompts, indices, *args):
+        chunks.append([len(p) for p in prompts])
+        return real(self, prompts, indices, *args)
+
+    monkeypatch.setattr(TransformersEngine, "_generate_chunk", spy)
+    engine.max_batch_size = 6
+    try:
+        samples = engine.generate(PROMPTS, SamplingParams(n=3, temperature=1.2, max_new_tokens=8, seed=7))
+    finally:
+        engine.max_batch_size = None
+    assert chunks == [[12, 7], [3, 1]]
+    assert [(s.prompt_index, s.sample_index) for s in samples] == [(p, j) for p in range(4) for j in range(3)]
+    assert_logprobs_match(samples, ref, PROMPTS, 1.2)
+
+
 def test_top_p_samples_inside_the_nucleus_and_records_untruncated_logprobs(tied_setup):
     cfg, ref, engine = tied_setup
     top_p = 0.5

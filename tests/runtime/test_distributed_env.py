@@ -1,5 +1,6 @@
 """Rank discovery from torchrun and Slurm variables, and the CPU backend's GPU no-op."""
 
+import os
 import subprocess
 import sys
 
@@ -152,3 +153,24 @@ def test_any_data_parallel_size_up_to_the_mini_batch_fits():
         check_world_size(ParallelConfig(), batch, 65)
     with pytest.raises(ConfigError, match="world size 6 is not divisible"):
         check_world_size(ParallelConfig(tensor_model_parallel_size=4), batch, 6)
+
+
+def test_a_single_process_needs_no_port():
+    # The port a single process would have used is taken (as another run on the host can take
+    # it between its choice and its use): starting must not depend on it.
+    code = """
+import socket
+from megatron_prorl.runtime import distributed
+from megatron_prorl.config import ParallelConfig
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+distributed.free_port = lambda: taken.getsockname()[1]
+env = distributed.init_distributed(ParallelConfig())
+from megatron.core import parallel_state
+print("ok", env.world_size, parallel_state.get_tensor_model_parallel_world_size())
+distributed.shutdown_distributed()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and "ok 1 1" in done.stdout, done.stderr[-3000:]
