@@ -43,12 +43,13 @@ def check_before_start(cfg: ProRLConfig, world_size: int, report: bool = True) -
     from megatron_prorl.runtime.run_lock import check_output_dir
     from megatron_prorl.train import resume
     from megatron_prorl.train.stages import resolve_stages, total_steps
-    from megatron_prorl.train.validate import validate
+    from megatron_prorl.train.validate import check_resume_layout, validate
 
     check_output_dir(cfg.trainer.output_dir, "trainer.output_dir")
     hf_dir = resolve_hf_dir(cfg.model.hf_dir)
     hf_config = read_hf_config(hf_dir)
     hf_arch(hf_config, source=str(hf_dir / "config.json"))
+    check_resume_layout(cfg, hf_config, world_size)
     validate(cfg, hf_config, world_size=world_size)
     check_files(cfg.data)
     stages = resolve_stages(cfg)
@@ -124,6 +125,8 @@ def _print_summary(summary: dict, run_dir: str) -> None:
               f"{len(summary['resets'])} reference resets")
     else:
         print(f"\nProRL run finished: {steps} steps, {len(summary['resets'])} reference resets")
+    for change in summary.get("layout_changes", []):
+        print(f"  layout changed at step {change['step']}: {change['from']} -> {change['to']}")
     before, last = summary.get("before"), summary.get("last_validation")
     if last and last["step"] == steps and before and before is not last:
         for key in sorted(k for k in before if k.startswith("val/")):

@@ -37,6 +37,9 @@
 # singleton lets one job of that name and user run at a time:
 #   for i in 1 2 3 4; do sbatch --job-name=prorl-1p5b --dependency=singleton slurm/prorl_4node.sh; done
 # (or --dependency=afterany:JOBID to start after one given job ends, however it ended).
+# Another cluster shape resumes the same run: --nodes=3 after a node is lost (TP and PP stay, the
+# data-parallel size follows the ranks), or other parallel.* overrides (README, "Changing the
+# cluster shape"); a shape the model cannot take is refused before the ranks train.
 #
 #SBATCH --job-name=prorl
 #SBATCH --nodes=4

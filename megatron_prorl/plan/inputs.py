@@ -46,15 +46,12 @@ def stage_inputs(cfg: ProRLConfig, shape: Shape, target: Target) -> list[tuple[s
     if target.gpus % (tp * pp):
         raise ConfigError(f"{target.gpus} GPUs are not divisible by tensor x pipeline parallel size {tp * pp}")
     dp = target.gpus // (tp * pp)
-    if b.prompts_per_step % dp:
-        raise ConfigError(f"batch.prompts_per_step={b.prompts_per_step} is not divisible by the data-parallel "
-                          f"size {dp} ({target.gpus} GPUs / {tp * pp})")
     dtype = m.dtype if m.dtype != "auto" else ("bf16" if target.on_gpu else "fp32")
     param_bytes = {"fp32": 4, "bf16": 2, "fp16": 2}[dtype]
     impl = m.transformer_impl if m.transformer_impl != "auto" else (
         "transformer_engine" if target.transformer_engine else "local")
     distributed = p.use_distributed_optimizer if p.use_distributed_optimizer is not None else target.on_gpu
-    prompts = b.prompts_per_step // dp
+    prompts = -(-b.prompts_per_step // dp)  # the largest replica's share (shares may be uneven: train/placement.py)
     updates = b.prompts_per_step // b.prompts_per_mini_batch
     chunks = max(1, min(cfg.trainer.generation_chunks, prompts))
     per_call = -(-prompts // chunks)

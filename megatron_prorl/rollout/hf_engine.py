@@ -13,7 +13,12 @@ left-padded to its longest, carry little padding through the prefill and every d
 attention over the cache; samples come back in the prompts' order). Each prompt is prefilled
 once and its cache repeated n times; prompts are left-padded with position ids counted over real
 tokens only; rows that finish are dropped from the batch (and its cache) so they cost nothing
-afterwards. The same seed and the same inputs give the same outputs.
+afterwards. Prompt i of a call samples from its own random stream, seeded ``params.seed + i``
+(:func:`~megatron_prorl.rollout.sampling.prompt_uniforms`): the same seed and the same inputs
+give the same outputs, and a prompt's samples do not depend on the other prompts of its batch
+or chunk, so a caller that splits prompts differently (other chunks, other data-parallel
+replicas) and offsets the seed by each piece's first index draws the same samples (up to the
+float rounding of another batch shape).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from megatron_prorl.rollout.base import (
     SyncStats,
     check_prompts,
 )
-from megatron_prorl.rollout.sampling import sample_tokens
+from megatron_prorl.rollout.sampling import prompt_uniforms, sample_tokens
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RolloutConfig
@@ -153,19 +158,18 @@ class TransformersEngine(RolloutEngine):
             raise RuntimeError("TransformersEngine.generate while asleep: call wake() first")
         check_prompts(prompt_ids)
         per_chunk = max(1, (self.max_batch_size or len(prompt_ids) * params.n) // params.n)
-        generator = torch.Generator(device=self.device).manual_seed(params.seed)
         order = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
         if per_chunk >= len(prompt_ids):
             order = list(range(len(prompt_ids)))  # one batch: its padding is the same in any order
         samples: list[Sample] = []
         for first in range(0, len(prompt_ids), per_chunk):
             chunk = order[first:first + per_chunk]
-            samples += self._generate_chunk([prompt_ids[i] for i in chunk], chunk, params, generator)
+            samples += self._generate_chunk([prompt_ids[i] for i in chunk], chunk, params)
         return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
     @torch.inference_mode()
-    def _generate_chunk(self, prompts: Sequence[Sequence[int]], indices: Sequence[int], params: SamplingParams,
-                        generator: torch.Generator) -> list[Sample]:
+    def _generate_chunk(self, prompts: Sequence[Sequence[int]], indices: Sequence[int],
+                        params: SamplingParams) -> list[Sample]:
         """Samples of ``prompts`` (the prompts numbered ``indices`` in the call)."""
         n, dev = params.n, self.device
         eos = torch.tensor(self.eos_token_ids, device=dev)
@@ -192,12 +196,14 @@ class TransformersEngine(RolloutEngine):
         rows = len(prompts) * n
         tokens = torch.full((rows, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=dev)
         logps = torch.zeros((rows, params.max_new_tokens), dtype=torch.float32, device=dev)
+        uniforms = torch.cat([prompt_uniforms(params.seed + i, n, params.max_new_tokens)
+                              for i in indices]).to(dev)  # the size of logps
         lengths = torch.full((rows,), params.max_new_tokens, dtype=torch.long, device=dev)
         reasons = ["length"] * rows
         active = torch.arange(rows, device=dev)  # batch row -> output row
 
         for step in range(params.max_new_tokens):
-            token, logp = sample_tokens(logits, params.temperature, params.top_p, generator)
+            token, logp = sample_tokens(logits, params.temperature, params.top_p, uniforms[active, step])
             tokens[active, step] = token
             logps[active, step] = logp
             hit_eos = torch.isin(token, eos)

@@ -28,11 +28,18 @@ def top_p_keep_mask(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
     return ~torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
 
 
+def prompt_uniforms(seed: int, n: int, length: int) -> torch.Tensor:
+    """The uniform draws of one prompt's ``n`` samples, ``[n, length]``: position t of sample s
+    uses ``[s, t]``. One CPU generator per prompt, seeded alone, so a prompt's samples do not
+    depend on which other prompts share its batch (or on the device)."""
+    return torch.rand((n, length), generator=torch.Generator().manual_seed(seed))
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row of ``logits`` [B, V]; return (tokens [B], logprobs [B]).
 
-    Inverse-CDF sampling: one uniform draw per row from ``generator`` (reproducible), scaled by
+    Inverse-CDF sampling with row i's draw ``uniforms[i]`` in [0, 1) (reproducible), scaled by
     the row's total mass so a float32 cumulative sum that ends slightly off 1 stays unbiased."""
     logprobs = temperature_logprobs(logits, temperature)
     probs = logprobs.exp()
@@ -40,7 +47,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
         probs.masked_fill_(~top_p_keep_mask(logprobs, top_p), 0.0)
     cdf = probs.cumsum_(dim=-1)
     total = cdf[:, -1:]
-    u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=cdf.dtype) * total
+    u = uniforms.to(device=cdf.device, dtype=cdf.dtype)[:, None] * total
     tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1)
     # u rounding up to the total would step past the last token with mass (or past the end).
     last_with_mass = (cdf < total).sum(dim=-1)

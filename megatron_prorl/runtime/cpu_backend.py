@@ -7,7 +7,8 @@ many places. :func:`enable` removes exactly the obstacles measured on megatron-c
 1. the model-parallel RNG tracker is rebuilt on the CPU generator (same add/fork/get/set contract);
 2. ``torch.cuda.current_device`` returns the CPU device, ``synchronize`` and streams are no-ops;
 3. a TorchFunctionMode rewrites ``device="cuda"`` to CPU and makes ``Tensor.cuda()`` the identity,
-   for the few places that hard-code CUDA (pipeline schedules, optimizer, grad scaler);
+   for the few places that hard-code CUDA (pipeline schedules, optimizer, grad scaler), and
+   ``Tensor.type()`` names CUDA types (the distributed optimizer accepts only those);
 4. gradient clipping is replaced by a device-agnostic version (Megatron's asserts CUDA grads);
 5. 0.19's unconditional import of a triton kernel module gets an empty stand-in;
 6. activation recomputation (tensor_parallel/random.py CheckpointFunction): it saves and
@@ -97,6 +98,13 @@ class _CudaToCpu(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and not torch.cuda.is_available():
+            # The type's name: the CUDA one, which Megatron's checks expect (0.16.1
+            # distrib_optimizer.py DistributedOptimizer._build_model_and_main_param_groups
+            # accepts only torch.cuda.{Float,Half,BFloat16}Tensor parameters). Not where CUDA
+            # is available (a simulated one: its tensors name their own device).
+            name = func(*args)
+            return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
         if "device" in kwargs:
             kwargs["device"] = self._fix(kwargs["device"])
         if func is torch.Tensor.to:

@@ -148,12 +148,15 @@ def shutdown_distributed() -> None:
 
 
 def check_world_size(p: ParallelConfig, b: BatchConfig, world_size: int) -> None:
-    """The world splits into TP x PP model replicas, and each step's prompts over the replicas."""
+    """The world splits into TP x PP model replicas, and each mini-batch's prompts over the
+    replicas: every replica needs at least one (the shares may be uneven, so any data-parallel
+    size up to batch.prompts_per_mini_batch works, e.g. 12 replicas after a node is lost)."""
     mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
     if world_size % mp:
         raise ConfigError(
             f"world size {world_size} is not divisible by tensor_model_parallel_size x "
             f"pipeline_model_parallel_size = {mp}")
-    if b.prompts_per_step % (world_size // mp):
-        raise ConfigError(f"batch.prompts_per_step={b.prompts_per_step} is not divisible by the "
-                          f"data-parallel size {world_size // mp} (world size {world_size} / {mp})")
+    if b.prompts_per_mini_batch < world_size // mp:
+        raise ConfigError(f"batch.prompts_per_mini_batch={b.prompts_per_mini_batch} is smaller than the "
+                          f"data-parallel size {world_size // mp} (world size {world_size} / {mp}): every "
+                          "replica trains on at least one prompt of each mini-batch")

@@ -21,7 +21,7 @@ from megatron_prorl.runtime import device
 from megatron_prorl.algo import MAX_METRICS, PolicyObjective, normalisers
 from megatron_prorl.train.batch import (TrainBatch, balanced_partition, flatten, scatter_rows, sequence_work,
                                         unflatten, unpack)
-from megatron_prorl.config import ProRLConfig
+from megatron_prorl.config import ParallelConfig, ProRLConfig
 from megatron_prorl.models.builder import HFArch, build_gpt_model, padded_vocab_size, resolve_dtype
 from megatron_prorl.models.logprobs import token_logprobs
 from megatron_prorl.models.pipeline import finalize_grads, run_pipeline
@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+def uses_distributed_optimizer(parallel: ParallelConfig) -> bool:
+    """parallel.use_distributed_optimizer, or by default: on GPUs (its state sharded over DP)."""
+    return parallel.use_distributed_optimizer if parallel.use_distributed_optimizer is not None \
+        else torch.cuda.is_available()
 
 
 def lr_at(update: int, lr: float, schedule: str, warmup_steps: int) -> float:
@@ -68,8 +74,7 @@ class PolicyActor:
         tp = cfg.parallel.tensor_model_parallel_size
         self._vocab_start = ps.get_tensor_model_parallel_rank() * padded_vocab_size(arch.vocab_size, tp) // tp
         self._is_last_stage = ps.is_pipeline_last_stage()
-        self._use_dist_opt = (cfg.parallel.use_distributed_optimizer
-                              if cfg.parallel.use_distributed_optimizer is not None else torch.cuda.is_available())
+        self._use_dist_opt = uses_distributed_optimizer(cfg.parallel)
 
         module = build_gpt_model(arch, cfg.model, cfg.parallel)
         ddp_config = DistributedDataParallelConfig(
@@ -99,6 +104,11 @@ class PolicyActor:
         optimizer = get_megatron_optimizer(opt_config, [self.policy])
         self.policy.module.config.grad_scale_func = optimizer.scale_loss
         return optimizer
+
+    @property
+    def uses_distributed_optimizer(self) -> bool:
+        """Megatron-Core's DistributedOptimizer (state sharded over DP), else the plain one."""
+        return self._use_dist_opt
 
     def optimizer_is_fresh(self) -> bool:
         """No step taken since the optimizer was built (its state holds nothing)."""
@@ -166,7 +176,7 @@ class PolicyActor:
         dp = dist.get_world_size(group)
         if dp == 1 or (b.max_tokens_per_micro_batch is None and b.max_tokens_per_logprob_micro_batch is None):
             return batch
-        num_updates = self._num_updates()
+        num_updates = self._num_updates(batch)
         mine = torch.empty(len(batch), dtype=torch.long, device=batch.input_ids.device)
         for k, idx in enumerate(batch.mini_batches(num_updates)):
             mine[idx] = k
@@ -189,19 +199,25 @@ class PolicyActor:
             rows += [idx[j] for j in balanced_partition([work[i] for i in idx], dp)[rank]]
         return unflatten(flat, rows)
 
-    def _num_updates(self) -> int:
+    def _num_updates(self, batch: TrainBatch) -> int:
+        """The step's optimizer updates: as the trainer labelled the rows (``mini_batch``, from
+        :mod:`megatron_prorl.train.placement`, which gives every data-parallel rank rows of every
+        update, so all ranks count alike), else prompts_per_step / prompts_per_mini_batch."""
+        if batch.mini_batch is not None:
+            return int(batch.mini_batch.max()) + 1
         b = self.cfg.batch
         return b.prompts_per_step // b.prompts_per_mini_batch
 
     # --------------------------------------------------------------------------- update
     def update(self, batch: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:
-        """Mini-batch updates over this rank's batch: prompts_per_step / prompts_per_mini_batch
-        optimizer steps. ``batch.old_logprobs`` must be set (the policy's own, before this call);
-        ``ref_logprobs`` when ``kl_beta`` > 0. Returns metrics averaged over the mini-batches."""
+        """Mini-batch updates over this rank's batch, one optimizer step per mini-batch
+        (:meth:`_num_updates`). ``batch.old_logprobs`` must be set (the policy's own, before this
+        call); ``ref_logprobs`` when ``kl_beta`` > 0. Returns metrics averaged over the
+        mini-batches."""
         if batch.old_logprobs is None and self._is_last_stage:
             raise ValueError("TrainBatch.old_logprobs is None: compute them with forward_logprobs first")
         per_update = [self._update_mini_batch(batch.select(idx), temperature, kl_beta)
-                      for idx in batch.mini_batches(self._num_updates())]
+                      for idx in batch.mini_batches(self._num_updates(batch))]
         return {k: sum(m[k] for m in per_update) / len(per_update) for k in per_update[0]}
 
     def _update_mini_batch(self, mb: TrainBatch, temperature: float, kl_beta: float) -> dict[str, float]:

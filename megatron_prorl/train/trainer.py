@@ -10,6 +10,12 @@ replica's share of the prompts. Every rank holds the same prompt sampler (same s
 ranks agree on the prompts without communication; the engine rank broadcasts its finished groups
 to the rest of its replica, and the weight sync gathers each replica's shards back to its engine.
 
+What a step computes does not depend on the data-parallel size (so a run resumes on another
+layout where it stopped): every rank draws the whole step's prompts, prompt j of a round samples
+from a stream seeded by (trainer.seed, step, round) + j whichever replica generates it, dynamic
+sampling keeps the first informative groups of the whole round, and each mini-batch holds the
+same groups, shared among the replicas (:mod:`megatron_prorl.train.placement`).
+
 The config is read, never changed: what a training stage sets (n, temperature, lengths, KL
 coefficient, data mix) is computed from the step (:mod:`megatron_prorl.train.stages`) and passed on.
 """
@@ -21,6 +27,7 @@ import logging
 import random
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -47,6 +54,7 @@ from megatron_prorl.train import resume
 from megatron_prorl.train.actor import ActorState, PolicyActor, ResetRecord
 from megatron_prorl.train.experience import group_stats, max_response_length, to_train_batch
 from megatron_prorl.train.metrics import MetricsLogger
+from megatron_prorl.train.placement import assign, generation_block, num_updates, shares
 from megatron_prorl.train.stages import Stage, resolve_stages, stage_of, total_steps
 from megatron_prorl.train.validate import validate
 from megatron_prorl.weight_sync import WeightSync
@@ -99,11 +107,24 @@ class Trainer:
         """Last, once set-up (which draws random numbers, some seeded from the OS) is done: the
         process-global generators start from the seed, or, resuming, from the states the run
         had after its checkpointed step; so two runs of one config, and a resumed run, hold the
-        same states at the same step."""
-        if self.resumed_from is not None:
+        same states at the same step.
+
+        Resumed at another layout, the saved states belong to ranks that no longer exist (rank
+        r of TP2 x PP2 is not rank r of TP1 x DP4), so each rank re-derives its streams:
+        Megatron's tracker (model-parallel and data-parallel streams) from
+        ``(model.init_seed, step)`` as Megatron seeds it for this rank's TP/PP coordinates, and
+        Python, NumPy and torch from ``(trainer.seed, rank, step)``. Nothing a step computes draws
+        from them (sampling has its own per-prompt seeds, dropout is 0), so the run continues as
+        it would have; with dropout they would give other masks than an uninterrupted run's."""
+        if self.resumed_from is not None and self.layout_change is None:
             ckpt.load_rng(self.resumed_from)
             return
         seed = _seed(self.cfg.trainer.seed, self.rank)
+        if self.layout_change is not None:
+            from megatron.core import tensor_parallel
+
+            tensor_parallel.model_parallel_cuda_manual_seed(_seed(self.cfg.model.init_seed, self.step))
+            seed = _seed(self.cfg.trainer.seed, self.rank, self.step)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -122,8 +143,17 @@ class Trainer:
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.is_engine_rank = dist.get_rank(ps.get_model_parallel_group()) == 0
         self.is_last_stage_tp0 = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+        self.engine_group = self._engine_rank_group() if self.dp_size > 1 else None
         self.stages = resolve_stages(cfg)
         self.total_steps = total_steps(self.stages)
+
+    def _engine_rank_group(self):
+        """A gloo group of the engine ranks (one per replica), over which kept groups move to
+        the replica that trains them (collective: every rank takes part in creating it)."""
+        engine = [None] * dist.get_world_size()
+        dist.all_gather_object(engine, self.is_engine_rank, group=device.host_group())
+        return dist.new_group([r for r, e in enumerate(engine) if e], backend="gloo",
+                              timeout=timedelta(minutes=self.cfg.parallel.collective_timeout_minutes))
 
     def _load_data(self) -> None:
         from transformers import AutoTokenizer
@@ -148,18 +178,20 @@ class Trainer:
         self.stage_index = -1
         self.history: list[dict] = []  # validation results, for the final summary
         self.config_changes: list[resume.Change] = []  # from the checkpoint's config, resuming
-        resume = self.ckpts.latest()
-        self.last_checkpoint = resume.name if resume is not None else None
+        start = self.ckpts.latest()
+        self.last_checkpoint = start.name if start is not None else None
         self.resumed_from: Optional[Path] = None
-        if resume is None and cfg.checkpoint.load:
-            resume, how = resolve_checkpoint(cfg.checkpoint.load)
-            log.info("checkpoint.load: %s (%s)", resume, how)
-            verify_checkpoint(resume)
-        if resume is not None and (resume / "trainer_state.json").is_file():
-            self._load(resume)  # a trainer checkpoint: continue where it stopped
+        self.layout_change: Optional[dict] = None  # resumed at another layout: {step, from, to}
+        self.layout_changes: list[dict] = []  # every one of the run
+        if start is None and cfg.checkpoint.load:
+            start, how = resolve_checkpoint(cfg.checkpoint.load)
+            log.info("checkpoint.load: %s (%s)", start, how)
+            verify_checkpoint(start)
+        if start is not None and (start / "trainer_state.json").is_file():
+            self._load(start)  # a trainer checkpoint: continue where it stopped
             return
-        if resume is not None:  # a converted model (prorl-convert hf-to-megatron): start from it
-            load_model_checkpoint(self.actor.policy_module, resume)
+        if start is not None:  # a converted model (prorl-convert hf-to-megatron): start from it
+            load_model_checkpoint(self.actor.policy_module, start)
         elif cfg.model.load_weights:
             load_hf_weights(self.actor.policy_module, self.arch, self.hf_dir)
         self.actor.sync_reference()
@@ -192,6 +224,11 @@ class Trainer:
             listed = "; ".join(c.line() for c in self.config_changes)
             self.logger.log_event(self.step, f"config changed on resume: {listed}", category="config",
                                   extra={"changes": [c.record() for c in self.config_changes]})
+        if self.layout_change is not None:
+            change = self.layout_change
+            self.logger.log_event(self.step, f"layout changed from {change['from']} to {change['to']} "
+                                             f"(resumed from {self.resumed_from.name}; RNG streams re-derived)",
+                                  "layout", extra={"layout_from": change["from"], "layout_to": change["to"]})
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(to_yaml(self.cfg))
@@ -249,16 +286,18 @@ class Trainer:
     def train_step(self, step: int, stage: Stage) -> dict:
         cfg = self.cfg
         t_step = time.perf_counter()
-        groups, metrics = self._collect(step, stage)
+        groups, update_of, metrics = self._collect(step, stage)
         timings = {"time/sleep": 0.0, "time/reference": 0.0, "time/training": 0.0, "time/release": 0.0,
                    "time/wake": 0.0, "time/sync": 0.0}
-        if metrics["dynamic_sampling/fewest_kept"] == 0:
-            # Every group of some replica was uninformative: nothing to learn from this step.
+        if not update_of:
+            # Fewer informative groups than replicas (none at all, usually): nothing to learn from.
             metrics.update({"update_skipped": 1.0, "dynamic_sampling/all_filtered": 1.0})
         else:
             timings["time/sleep"] = self._engine_call("sleep")
             t0 = time.perf_counter()
             batch = to_train_batch(groups, cfg.algo.advantage, self.pad_id, cfg.algo.adv_eps, cfg.algo.scale_adv_by_std)
+            batch.mini_batch = torch.tensor([m for g, m in zip(groups, update_of) for _ in g.samples],
+                                            device=batch.input_ids.device)  # the update of each row
             batch = self.actor.balance(batch)  # with a token budget: even work over data-parallel ranks
             batch.old_logprobs, _ = self.actor.forward_logprobs(batch, stage.temperature)
             t_ref = time.perf_counter()
@@ -312,44 +351,66 @@ class Trainer:
             getattr(self.engine, method)()
         return all_max([time.perf_counter() - t0])[0]
 
-    def _collect(self, step: int, stage: Stage) -> tuple[list[Group], dict]:
-        """Dynamic sampling: draw prompt batches until every replica has its share of
-        informative groups (at most algo.max_sampling_rounds rounds)."""
+    def _collect(self, step: int, stage: Stage) -> tuple[list[Group], list[int], dict]:
+        """Dynamic sampling over the whole step: rounds of prompts_per_step prompts, each replica
+        generating its block, until prompts_per_step informative groups are kept (at most
+        algo.max_sampling_rounds rounds). Returns this replica's training groups, the update each
+        belongs to (none: the step has too few groups to update on) and the metrics."""
         cfg = self.cfg
-        per_replica = cfg.batch.prompts_per_step // self.dp_size
+        target = cfg.batch.prompts_per_step
+        updates = target // cfg.batch.prompts_per_mini_batch
+        blocks = [generation_block(target, updates, self.dp_size, d) for d in range(self.dp_size)]
+        mine = blocks[self.dp_rank]
         totals = {"generation": 0.0, "reward": 0.0, "tokens": 0}
 
-        def generate_round(round_index: int, missing: int) -> list[Group]:
-            rows = self.sampler.next_batch(cfg.batch.prompts_per_step)  # every rank draws: samplers stay equal
-            if not (self.is_engine_rank and missing):
+        def generate_round(round_index: int) -> list[Group]:
+            rows = self.sampler.next_batch(target)  # every rank draws: samplers stay equal
+            if not self.is_engine_rank:
                 return []
-            mine = rows[self.dp_rank * per_replica:(self.dp_rank + 1) * per_replica]
-            groups, times = self._generate(mine, stage.n, stage.temperature, cfg.rollout.top_p,
+            groups, times = self._generate(rows[mine.start:mine.stop], stage.n, stage.temperature, cfg.rollout.top_p,
                                            stage.max_response_length,
-                                           _seed(cfg.trainer.seed, step, round_index, self.dp_rank),
+                                           _seed(cfg.trainer.seed, step, round_index) + mine.start,
                                            stage.no_eos_penalty)
             totals["generation"] += times.generation
             totals["reward"] += times.reward_wait
             totals["tokens"] += sum(len(s.token_ids) for g in groups for s in g.samples)
             return groups
 
-        filled = fill(generate_round, lambda g: g.rewards, per_replica, max_rounds=cfg.algo.max_sampling_rounds,
-                      enabled=cfg.algo.dynamic_sampling,
-                      anyone_short=lambda short: bool(all_max([float(self.is_engine_rank and short)])[0]))
+        def gather(flags: list[bool]) -> list[bool]:
+            """The round's keep flags of every replica (TP/PP peers add zeros)."""
+            placed = [0.0] * target
+            placed[mine.start:mine.start + len(flags)] = [float(f) for f in flags]
+            return [v > 0 for v in all_sum(placed)]
+
+        filled = fill(generate_round, lambda g: g.rewards, target, max_rounds=cfg.algo.max_sampling_rounds,
+                      enabled=cfg.algo.dynamic_sampling, offset=mine.start, gather=gather)
+        kept = len(filled.selected)
+        plan = assign(kept, num_updates(kept, updates, self.dp_size), self.dp_size)
+        origin = [next(d for d, b in enumerate(blocks) if j in b) for _, j in filled.selected]
+        groups = self._move_to_trainers(filled.kept, plan, origin) if self.is_engine_rank else []
         # Rollout statistics describe the policy's own samples: the first round, before filtering.
         metrics = reduce_stats(group_stats(filled.first_round, self.domains), sorted(group_stats([], self.domains)))
-        # Only engine ranks generate, so TP/PP peers add zeros to these sums.
-        n_kept, n_dropped, n_tokens = all_sum([len(filled.kept), filled.dropped, totals["tokens"]])
-        max_len, gen_time, reward_time, fewest = all_max([
-            max_response_length(filled.first_round), totals["generation"], totals["reward"],
-            -len(filled.kept) if self.is_engine_rank else -per_replica])
+        n_tokens = all_sum([totals["tokens"]])[0]  # only engine ranks generate
+        max_len, gen_time, reward_time = all_max([max_response_length(filled.first_round), totals["generation"],
+                                                  totals["reward"]])
         metrics.update({
-            "dynamic_sampling/kept": n_kept, "dynamic_sampling/dropped": n_dropped,
-            "dynamic_sampling/rounds": float(filled.rounds), "dynamic_sampling/fewest_kept": -fewest,
-            "response_length/max": max_len, "time/generation": gen_time, "time/reward": reward_time,
-            "generated_tokens": n_tokens,
+            "dynamic_sampling/kept": kept, "dynamic_sampling/dropped": filled.dropped,
+            "dynamic_sampling/rounds": float(filled.rounds), "response_length/max": max_len,
+            "time/generation": gen_time, "time/reward": reward_time, "generated_tokens": n_tokens,
         })
-        return self._share_in_replica(filled.kept), metrics
+        update_of = [m for m, update in enumerate(plan[self.dp_rank]) for _ in update]
+        return self._share_in_replica(groups), update_of, metrics
+
+    def _move_to_trainers(self, kept: dict[int, Group], plan: list[list[list[int]]], origin: list[int]) -> list[Group]:
+        """This replica's training groups, in update order (engine ranks): its own, and those
+        another replica generated (a refill round, a short step), sent over the engine group."""
+        owner = {k: d for d, updates in enumerate(plan) for update in updates for k in update}
+        if any(origin[k] != d for k, d in owner.items()):  # every rank knows: all skip alike
+            outgoing = {k: g for k, g in kept.items() if owner.get(k, self.dp_rank) != self.dp_rank}
+            arrived = [None] * self.dp_size
+            dist.all_gather_object(arrived, outgoing, group=self.engine_group)
+            kept = {**kept, **{k: g for piece in arrived for k, g in piece.items()}}
+        return [kept[k] for update in plan[self.dp_rank] for k in update]
 
     def _generate(self, rows, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
                   no_eos_penalty: float = 0.0):
@@ -383,13 +444,13 @@ class Trainer:
         score is the mean over domains."""
         cfg = self.cfg
         rows = [r for s in self.data.val for r in s.rows]
-        mine = rows[self.dp_rank::self.dp_size]
+        piece = shares(len(rows), self.dp_size)[self.dp_rank]  # prompt j samples alike at any DP
         stats: dict = {}
-        if self.is_engine_rank and mine:
+        if self.is_engine_rank and piece:
             t = cfg.trainer
-            groups, _ = self._generate(mine, t.val_samples, t.val_temperature, t.val_top_p,
+            groups, _ = self._generate(rows[piece.start:piece.stop], t.val_samples, t.val_temperature, t.val_top_p,
                                        stage_of(self.stages, max(step, 1)).max_response_length,
-                                       _seed(t.seed, 10**6 + step, self.dp_rank))
+                                       _seed(t.seed, 10**6 + step) + piece.start)
             for g in groups:
                 key = f"val/pass@1/{g.domain}"
                 s, c = stats.get(key, (0.0, 0.0))
@@ -408,6 +469,7 @@ class Trainer:
             "actor": dataclasses.asdict(self.actor.state),
             "sampler": self.sampler.state_dict(), "reset_trigger": self.trigger.state_dict(),
             "validation_history": self.history,
+            "layout": self.layout().to_dict(), "layout_changes": self.layout_changes,
         }
 
     def save(self) -> Path:
@@ -429,10 +491,16 @@ class Trainer:
         self.logger.log_event(self.step, f"checkpoint {path}")
         return path
 
+    def layout(self) -> ckpt.Layout:
+        p = self.cfg.parallel
+        return ckpt.Layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, self.dp_size,
+                           "distributed" if self.actor.uses_distributed_optimizer else "plain")
+
     def _load(self, path: Path) -> None:
         point = resume.resume_point(path)
         self.config_changes = resume.config_changes(point, self.cfg, self.hf_config)
         resume.check_changes(point, self.config_changes)
+        saved, here = ckpt.checkpoint_layout(path), self.layout()
         ckpt.load_actor(self.actor, path)
         self.resumed_from = path
         # Older checkpoints also hold the stage's "temperature" and "kl_beta": unused, the
@@ -444,7 +512,12 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.trigger.load_state_dict(state["reset_trigger"])
         self.history = state["validation_history"]
-        log.info("resumed from %s at step %d", path, self.step)
+        self.layout_changes = state.get("layout_changes", [])
+        if str(saved) != str(here):  # the optimizer kind is not part of it: a switch is refused before start
+            self.layout_change = {"step": self.step, "from": str(saved), "to": str(here)}
+            self.layout_changes.append(self.layout_change)
+        log.info("resumed from %s at step %d%s", path, self.step,
+                 f" (written at {saved}, now {here})" if self.layout_change else "")
 
     # ------------------------------------------------------------------ the end
     def summary(self) -> dict:
@@ -454,7 +527,8 @@ class Trainer:
         last = self.history[-1] if self.history else None
         return {"steps": self.step, "total_steps": self.total_steps, "stopped_by": self.stopped_by,
                 "checkpoint": self.last_checkpoint, "before": before, "last_validation": last,
-                "resets": [vars(r) for r in self.actor.state.resets]}
+                "resets": [vars(r) for r in self.actor.state.resets],
+                "layout": str(self.layout()), "layout_changes": self.layout_changes}
 
     def close(self) -> None:
         self.logger.close()

@@ -96,6 +96,24 @@ def test_same_seed_same_outputs_other_seed_differs(tied_setup):
     assert [s.token_ids for s in a] != [s.token_ids for s in c]
 
 
+def test_a_prompts_samples_do_not_depend_on_its_batch(tied_setup):
+    """Prompt i samples from the stream seeded seed + i: split into pieces (other chunks, other
+    data-parallel replicas) whose seeds are offset by each piece's first index, the prompts
+    get the samples they get in one batch (log-probs up to the rounding of another batch shape)."""
+    _, _, engine = tied_setup
+    params = SamplingParams(n=3, temperature=1.2, max_new_tokens=16, seed=21)
+    whole = engine.generate(PROMPTS, params)
+    pieces = (engine.generate(PROMPTS[:1], params) + engine.generate(PROMPTS[1:], SamplingParams(
+        n=3, temperature=1.2, max_new_tokens=16, seed=22)))
+    assert [s.token_ids for s in pieces] == [s.token_ids for s in whole]
+    for x, y in zip(pieces, whole):
+        torch.testing.assert_close(x.logprobs, y.logprobs, rtol=0, atol=1e-5)
+    # Reordered prompts keep their samples when each keeps its seed.
+    alone = [engine.generate([p], SamplingParams(n=3, temperature=1.2, max_new_tokens=16, seed=21 + i))
+             for i, p in enumerate(PROMPTS)]
+    assert [s.token_ids for a in alone for s in a] == [s.token_ids for s in whole]
+
+
 def test_n_samples_grouped_by_prompt_and_distinct(tied_setup):
     _, _, engine = tied_setup
     samples = engine.generate(PROMPTS, SamplingParams(n=5, temperature=1.2, max_new_tokens=12, seed=0))

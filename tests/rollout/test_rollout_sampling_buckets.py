@@ -10,7 +10,7 @@ from rollout_models import qwen2_config, reference_model, state_dict_buckets
 from transformers import AutoModelForCausalLM
 
 from megatron_prorl.rollout.hf_export import engine_named_tensors, write_hf_dir
-from megatron_prorl.rollout.sampling import sample_tokens, temperature_logprobs, top_p_keep_mask
+from megatron_prorl.rollout.sampling import prompt_uniforms, sample_tokens, temperature_logprobs, top_p_keep_mask
 
 
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():
@@ -24,26 +24,24 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
 
 def test_sampler_draws_from_softmax_over_t_and_reports_its_logprobs():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(40_000, 1)
-    gen = torch.Generator().manual_seed(0)
-    tokens, logprobs = sample_tokens(logits, temperature=1.2, top_p=1.0, generator=gen)
+    tokens, logprobs = sample_tokens(logits, temperature=1.2, top_p=1.0, uniforms=prompt_uniforms(0, 40_000, 1)[:, 0])
     expected = torch.softmax(logits[0] / 1.2, dim=-1)
     freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
     torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)
     torch.testing.assert_close(logprobs, temperature_logprobs(logits, 1.2)[torch.arange(len(tokens)), tokens])
     # Nucleus: only the kept tokens are drawn, in renormalised proportions.
-    tokens, logprobs = sample_tokens(logits, 1.2, 0.6, torch.Generator().manual_seed(1))
+    tokens, logprobs = sample_tokens(logits, 1.2, 0.6, prompt_uniforms(1, 40_000, 1)[:, 0])
     kept = top_p_keep_mask(temperature_logprobs(logits[:1], 1.2), 0.6)[0]
     assert set(tokens.tolist()) == set(kept.nonzero().squeeze(-1).tolist())
     renorm = expected * kept / (expected * kept).sum()
     torch.testing.assert_close(torch.bincount(tokens, minlength=4).float() / len(tokens), renorm, atol=0.01, rtol=0)
 
 
-def test_a_draw_at_the_top_of_the_cdf_stays_on_a_token_with_mass(monkeypatch):
+def test_a_draw_at_the_top_of_the_cdf_stays_on_a_token_with_mass():
     # u == total (what float rounding of rand * total can give) must not select the
     # zero-mass tokens after the nucleus or run past the vocabulary.
-    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape, dtype=kw.get("dtype")))
     logits = torch.tensor([[0.0, 3.0, 2.0, -5.0], [1.0, 1.0, 1.0, 1.0]])
-    tokens, _ = sample_tokens(logits, 1.0, 0.9, torch.Generator())
+    tokens, _ = sample_tokens(logits, 1.0, 0.9, torch.ones(2))
     keep = top_p_keep_mask(temperature_logprobs(logits, 1.0), 0.9)
     assert keep[0, tokens[0]] and tokens[1] == 3
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from megatron_prorl.runtime.distributed import detect_env, first_slurm_host, slurm_port
+from megatron_prorl.config import BatchConfig, ConfigError, ParallelConfig
+from megatron_prorl.runtime.distributed import check_world_size, detect_env, first_slurm_host, slurm_port
 
 
 def test_torchrun_variables():
@@ -67,6 +68,9 @@ assert cpu_backend.enable() is True
 assert torch.zeros(2, device="cuda").device.type == "cpu"
 assert torch.ones(1).cuda().device.type == "cpu"
 assert torch.cuda.current_device() == torch.device("cpu")
+# The distributed optimizer accepts only parameters whose type() names a CUDA type.
+assert torch.ones(1).type() == "torch.cuda.FloatTensor" and torch.ones(1, dtype=torch.bfloat16).type() == "torch.cuda.BFloat16Tensor"
+assert torch.ones(1).type(torch.float64).dtype == torch.float64  # a conversion is left alone
 from megatron.core.tensor_parallel import random as r
 r._CUDA_RNG_STATE_TRACKER.add("x", 5)
 outer = torch.get_rng_state()
@@ -137,6 +141,18 @@ def test_the_collective_timeout_is_checked():
     assert load_config().parallel.collective_timeout_minutes == 60
     with pytest.raises(ConfigError, match="parallel.collective_timeout_minutes=0: must be >= 1"):
         load_config(overrides=["parallel.collective_timeout_minutes=0"])
+
+
+def test_any_data_parallel_size_up_to_the_mini_batch_fits():
+    """Replicas share each mini-batch's prompts, unevenly if need be (a lost node: 12 replicas
+    for a 256-prompt step); each needs one at least."""
+    batch = BatchConfig(prompts_per_step=256, prompts_per_mini_batch=64)
+    check_world_size(ParallelConfig(tensor_model_parallel_size=2), batch, 24)  # DP 12
+    check_world_size(ParallelConfig(), batch, 64)
+    with pytest.raises(ConfigError, match="prompts_per_mini_batch=64 is smaller than the data-parallel size 65"):
+        check_world_size(ParallelConfig(), batch, 65)
+    with pytest.raises(ConfigError, match="world size 6 is not divisible"):
+        check_world_size(ParallelConfig(tensor_model_parallel_size=4), batch, 6)
 
 
 def test_a_single_process_needs_no_port():

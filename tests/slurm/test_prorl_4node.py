@@ -102,6 +102,29 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert [r["step"] for r in records(run, "train")] == list(range(1, steps + 1))
 
 
+def test_a_four_node_run_resumes_as_a_two_node_job(slurm, tmp_path):
+    """A node pair is gone: the run checkpointed by a 4-node TP2 x PP2 job goes on, submitted
+    again with --nodes=2 and TP1 x PP1 (DP2 over the two nodes), from the step it reached."""
+    run = tmp_path / "run"
+    first = submit(slurm, tmp_path, "four", *TINY, "trainer.stages.0.steps=2", f"trainer.output_dir={run}")
+    job = slurm.wait_finished(first, timeout=300)
+    assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), job_output(tmp_path, "four", first) + slurm.logs()
+    two_nodes = [a if a != "--nodes=4" else "--nodes=2" for a in CPU_NODES]
+    env = {"PRORL_PYTHON": sys.executable, "PRORL_LOG_DIR": str(tmp_path / "logs"), "MASTER_ADDR": "127.0.0.1"}
+    second = slurm.sbatch(["--job-name=two", f"--output={tmp_path}/%x-%j.out", *two_nodes, SCRIPT, *TINY,
+                           "parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=1",
+                           f"trainer.output_dir={run}"], cwd=ROOT, env=env)
+    job = slurm.wait_finished(second, timeout=300)
+    out = job_output(tmp_path, "two", second)
+    assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), out + slurm.logs()
+    assert re.search(r"start 0: 2 nodes \([^)]*\), 2 ranks,", out), out
+    log = rank_log(tmp_path, "two", second, 0)
+    assert "at step 2" in log and "layout changed at step 2: TP2 x PP2 x DP1 -> TP1 x PP1 x DP2" in log, log[-3000:]
+    assert [r["step"] for r in records(run, "train")] == [1, 2, 3]
+    assert [(e["step"], e["layout_from"], e["layout_to"]) for e in records(run, "event")
+            if e.get("category") == "layout"] == [(2, "TP2 x PP2 x DP1", "TP1 x PP1 x DP2")]
+
+
 def test_bad_config_fails_fast_naming_the_key(slurm, tmp_path):
     job_id = submit(slurm, tmp_path, "bad", "configs/tiny_cpu.yaml", "rollout.temprature=1.0",
                     f"trainer.output_dir={tmp_path / 'run'}")

@@ -96,7 +96,9 @@ def test_a_checkpoint_written_by_an_earlier_version_resumes(tmp_path):
     """tests/fixtures/checkpoints/v0_tiny_step1: step 1 of a 2-step run, written by the code
     before the config stopped being changed by stages (commit 947cd48, its trainer_state.json
     holds the stage's temperature and kl_beta). It resumes, and its step 2 samples and scores
-    exactly what the run that wrote it did."""
+    exactly what v0_tiny_step2_metrics.json holds: what the run that wrote it did, until the
+    sampling streams became per prompt (so that steps do not depend on the data-parallel size,
+    issue #23); the file was then rewritten from this resume, the checkpoint left as it was."""
     fixtures = ROOT / "tests" / "fixtures" / "checkpoints"
     config = yaml.safe_load((fixtures / "v0_tiny_config.yaml").read_text())
     config["trainer"]["output_dir"] = str(tmp_path / "run")
