@@ -22,6 +22,8 @@ GPU_TESTS = {  # every test under tests/gpu, by name
     "test_gpu_megatron.py::test_policy_on_cuda_matches_cpu_fp32_and_trains[local-bf16]",
     "test_gpu_megatron.py::test_policy_on_cuda_matches_cpu_fp32_and_trains[te-bf16]",
     "test_gpu_megatron.py::test_policy_on_cuda_matches_cpu_fp32_and_trains[te-fp8]",
+    "test_gpu_megatron.py::test_packed_thd_rows_on_cuda_match_cpu_fp32[local-bf16]",
+    "test_gpu_megatron.py::test_packed_thd_rows_on_cuda_match_cpu_fp32[te-bf16]",
     "test_gpu_rollout.py::test_weight_sync_on_cuda_is_bit_exact",
     "test_gpu_rollout.py::test_transformers_engine_on_cuda_samples_what_the_trainer_recomputes",
     "test_gpu_rollout.py::test_transformers_engine_sleep_releases_its_memory",
