@@ -210,7 +210,7 @@ def test_the_chunked_shapes_need_their_knobs_modelled(measurements, override):
     assert _misses(rows), f"the prediction stays within 10% with {override}"
 
 
-def _benchmark_on_the_simulated_device() -> dict:
+def _benchmark_on_the_simulated_device(setup: str) -> dict:
     import argparse
     import sys
 
@@ -224,13 +224,15 @@ def _benchmark_on_the_simulated_device() -> dict:
              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024, "bos_token_id": 1,
              "eos_token_id": 1}
     bench_memory_plan.r1_distill_qwen_1p5b = lambda: dict(small)
-    args = argparse.Namespace(prompt=32, response=16, prompts=2, n=2, micro_batch=1, no_recompute=False)
+    args = argparse.Namespace(prompt=32, response=16, prompts=2, n=2, micro_batch=1, chunk=16, no_recompute=False)
     with simulated_cuda():
-        return bench_memory_plan._step(args, "transformers")
+        return bench_memory_plan._step(args, "transformers", setup)
 
 
-def test_the_gpu_benchmark_measures_what_the_plan_predicts_in_bf16():
-    r = spawn(_benchmark_on_the_simulated_device, 1)[0]
-    assert set(r["measured"]) == {"generation", "logprobs", "update", "wake"}
-    for phase, m in r["measured"].items():
-        assert abs(r["predicted"][phase] / m["allocated"] - 1) < TOLERANCE, (phase, m, r["predicted"])
+def test_the_gpu_benchmark_measures_what_the_plan_predicts_in_bf16_with_and_without_the_long_sequence_knobs():
+    results = {setup: spawn(_benchmark_on_the_simulated_device, 1, setup)[0] for setup in ("fixed", "long")}
+    assert "packed" in results["long"]["setup"]
+    for setup, r in results.items():
+        assert set(r["measured"]) == {"generation", "logprobs", "update", "wake"}
+        for phase, m in r["measured"].items():
+            assert abs(r["predicted"][phase] / m["allocated"] - 1) < TOLERANCE, (setup, phase, m, r["predicted"])
