@@ -14,13 +14,17 @@ rollout/, algo/, data/, rewards/, models/, runtime/), composed by
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key and, when known, the file.
@@ -69,6 +73,13 @@ class ParallelConfig:
     # Ray instance, first kernel compiles; the others wait on the gloo group, not inside NCCL), a
     # slow checkpoint, a long generation round. NCCL's own default is 10 minutes.
     collective_timeout_minutes: int = 60
+    # When `prorl train` starts the ranks itself (run directly, not under torchrun or srun): a rank
+    # whose process shows no sign of life this long (its heartbeat thread is silent: stopped by
+    # SIGSTOP, a frozen node, a debugger) ends the run, one line naming it; the checkpoint it
+    # resumes from is left intact. Generous, as a heavily loaded node can starve a process for
+    # seconds; far shorter than collective_timeout_minutes, which is what ends a run under
+    # torchrun/srun (no parent of ours watches there).
+    heartbeat_timeout_s: int = 600
 
 
 @dataclass
@@ -310,18 +321,59 @@ class ProRLConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+# The section types by name (``from __future__ import annotations`` leaves field types as strings).
+_SECTIONS = {cls.__name__: cls for cls in (ModelConfig, ParallelConfig, AlgoConfig, ResetConfig, OptimConfig,
+                                           BatchConfig, RolloutConfig, DataConfig, RewardsConfig, TrainerConfig,
+                                           CheckpointConfig, LoggingConfig)}
+
 # Keys earlier versions had, and what to do instead (a config that sets one is refused with this).
 REMOVED_KEYS = {
     "rollout.seed": "it was never read: sampling seeds derive from trainer.seed; delete the key",
 }
 
 
-def _explain(exc: OmegaConfBaseException, where: str) -> ConfigError:
+def _explain(exc: OmegaConfBaseException, where: str, cfg=None) -> ConfigError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
     if key in REMOVED_KEYS:
         return ConfigError(f"{where}: key '{key}' was removed: {REMOVED_KEYS[key]}")
+    if isinstance(exc, ConfigKeyError) and key:
+        return ConfigError(f"{where}: key '{key}' is not a config key{_did_you_mean(cfg, key, exc.object_type)}")
     return ConfigError(f"{where}: key '{key}': {msg}" if key else f"{where}: {msg}")
+
+
+def _did_you_mean(cfg, key: str, section_type: Any = None) -> str:
+    """' (did you mean `rollout.temperature`?)' for a mistyped key, or ''. The key's own
+    section first (its parent in ``cfg``, or ``section_type`` for an item of a list, whose
+    errors name no parent), then every key of the config."""
+    parent, _, last = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if cfg is not None and parent else None
+    if isinstance(node, DictConfig):
+        names = [str(k) for k in node.keys()]
+    elif dataclasses.is_dataclass(section_type):
+        names = [f.name for f in dataclasses.fields(section_type)]
+    else:
+        names = []
+    match = difflib.get_close_matches(last, names, n=1, cutoff=0.6)
+    if match:
+        return f" (did you mean `{parent}.{match[0]}`?)" if parent else f" (did you mean `{match[0]}`?)"
+    # A key in the wrong section: the keys elsewhere with the nearest name.
+    by_name: dict[str, list[str]] = {}
+    for dotted in _dotted_keys(ProRLConfig):
+        by_name.setdefault(dotted.rpartition(".")[2], []).append(dotted)
+    match = difflib.get_close_matches(last, by_name, n=1, cutoff=0.8)
+    return f" (did you mean {' or '.join(f'`{k}`' for k in by_name[match[0]])}?)" if match else ""
+
+
+def _dotted_keys(section: type, prefix: str = "") -> list[str]:
+    """Every key of a config section, nested sections spelled out (list items are not)."""
+    keys = []
+    for f in dataclasses.fields(section):
+        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _SECTIONS):
+            keys += _dotted_keys(_SECTIONS.get(f.type, f.type), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ProRLConfig:
@@ -334,11 +386,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            if not isinstance(loaded, DictConfig):  # OmegaConf.load gives a ListConfig otherwise
+                raise ConfigError(f"{path}: the top level is a list, not a mapping of sections (model:, optim:, ...)")
+            cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as exc:
-            raise _explain(exc, str(path)) from None
+            raise _explain(exc, str(path), cfg) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a YAML text file (not UTF-8 at byte {exc.start})") from None
     return _finish(cfg, overrides)
 
 
@@ -364,14 +421,54 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
             # update() (unlike a dotlist merge) reaches into lists: trainer.stages.0.steps=60.
             value = OmegaConf.from_dotlist([f"value{item[len(key):]}"])["value"]
             if OmegaConf.select(cfg, key) is None and not _has_key(cfg, key):
-                hint = f" was removed: {REMOVED_KEYS[key]}" if key in REMOVED_KEYS else " is not a config key"
+                hint = (f" was removed: {REMOVED_KEYS[key]}" if key in REMOVED_KEYS
+                        else f" is not a config key{_did_you_mean(cfg, key)}")
                 raise ConfigError(f"override '{item}': key '{key}'{hint}")
             OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as exc:
-            raise _explain(exc, f"override '{item}'") from None
+            raise _explain(exc, f"override '{item}'", cfg) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': the value is not valid YAML "
                               f"({getattr(exc, 'problem', None) or exc})") from None
+
+
+_ENV_DEFAULT = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*),\s*([^}]*)\}")
+
+
+def unset_env_defaults(path: str | Path) -> list[tuple[str, str, str]]:
+    """(key, VARIABLE, default) for each ``${oc.env:VARIABLE,default}`` of the YAML file whose
+    variable is not set, so the key took the file's default (e.g. the 1.5B config's
+    ``model.hf_dir`` without PRORL_BASE_MODEL)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    found = []
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, str):
+            found.extend((key, var, default.strip()) for var, default in _ENV_DEFAULT.findall(node)
+                         if var not in os.environ)
+
+    walk(raw, "")
+    return found
+
+
+def env_hint(path: str | Path, message: str) -> str:
+    """What to add to an error ``message`` about a value that came from an unset variable's
+    default in the config file (the value appears in the message), or ''."""
+    hints: dict[str, tuple[str, str]] = {}
+    for key, var, default in unset_env_defaults(path):
+        if default and default in message:
+            hints.setdefault(var, (key, default))
+    return "".join(f"; {var} is not set: {key} uses its default {default} from {path}; set {var}"
+                   for var, (key, default) in hints.items())
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -428,7 +525,8 @@ def check_fields(cfg: ProRLConfig) -> None:
                        ("batch.micro_batch_size", b.micro_batch_size),
                        ("algo.max_sampling_rounds", a.max_sampling_rounds),
                        ("rollout.engine_tensor_parallel_size", r.engine_tensor_parallel_size),
-                       ("parallel.collective_timeout_minutes", p.collective_timeout_minutes)):
+                       ("parallel.collective_timeout_minutes", p.collective_timeout_minutes),
+                       ("parallel.heartbeat_timeout_s", p.heartbeat_timeout_s)):
         at_least(key, value, 1)
     for key in ("max_tokens_per_micro_batch", "max_tokens_per_logprob_micro_batch"):
         budget = getattr(b, key)

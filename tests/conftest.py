@@ -3,6 +3,7 @@ conftest's directory, tests/, on sys.path. tests/ mirrors the packages (tests/tr
 megatron_prorl/train, ...)."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -40,3 +41,26 @@ def capped_cgroup():
             with open(os.path.join(directory, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
         group.remove()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size)``: a tmpfs of ``size`` ("4m") mounted under tmp_path, for full-disk tests
+    (mounting needs root: the test is skipped, saying so, where it cannot mount)."""
+    mounts = []
+
+    def mount(size: str):
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root; the full-disk test needs a small disk")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the full-disk test needs a small disk")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -71,6 +71,20 @@ def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
     assert str(path) in str(err.value) and "optim.learning_rate" in str(err.value)
 
 
+@pytest.mark.parametrize("yaml_text, message", [
+    ("rollout:\n  temprature: 1.0\n", "key 'rollout.temprature' is not a config key (did you mean `rollout.temperature`?)"),
+    ("temperature: 1.0\n", "key 'temperature' is not a config key (did you mean `rollout.temperature`?)"),
+    ("data:\n  train:\n    - {pth: x.jsonl}\n", "key 'pth' is not a config key (did you mean `path`?)"),
+    ("optim:\n  zzzz: 1\n", "key 'optim.zzzz' is not a config key"),
+])
+def test_a_mistyped_key_gets_the_nearest_key(tmp_path, yaml_text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
 def test_wrong_type_in_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("batch:\n  micro_batch_size: [1, 2]\n")

@@ -159,8 +159,22 @@ def check_config(d: DataConfig) -> None:
             choice(f"{key}.format", src.format, FORMATS.names())
 
 
+def check_files(d: DataConfig) -> None:
+    """Every local file the sources name exists; a missing one is named with the key that
+    points at it (before a run starts, so it leaves nothing behind)."""
+    for split in ("train", "val"):
+        for i, src in enumerate(getattr(d, split)):
+            if generators.is_generator(src.path) or src.path.startswith(HUB_PREFIX):
+                continue
+            path = builtin.resolve(src.path)
+            if not path.exists():
+                shown = "" if str(path) == src.path else f" ({path})"
+                raise DataError(f"data.{split}[{i}].path={src.path!r}: no such file or directory{shown}")
+
+
 def load_data(cfg: DataConfig, tokenizer=None, max_prompt_length: Optional[int] = None) -> Data:
     """All train and val sources of ``cfg``; prompt lengths are checked when a tokenizer is given."""
+    check_files(cfg)
     data = Data(train=load_split(cfg, "train"), val=load_split(cfg, "val"))
     if not data.train:
         raise DataError("data.train has no sources")

@@ -25,7 +25,10 @@ local copy (``--source math=/data/deepscaler.json``: JSON, JSON Lines, Parquet o
 :func:`~megatron_prorl.data.loader.load_source`; then every problem that is also in a
 validation set (what the config's ``data.val`` names) or in a benchmark file given with
 ``--benchmark`` is removed, by normalised text (:func:`~megatron_prorl.data.heldout.problem_key`).
-The validation file is written first, since that check needs it, whatever ``--only`` selects.
+The validation file is written first, since that check needs it, whatever ``--only`` selects,
+when the config's ``data.val`` reads it (the 1.5B config does: it is that run's validation set
+and what is held out of every training file); with a ``--config`` whose ``data.val`` does not
+name it, it is not written.
 
 Resumable: each file is written to a temporary name, flushed to disk and renamed, then
 recorded in ``DIR/prepared.json`` with the inputs it was made from (source, file size and
@@ -53,7 +56,7 @@ from megatron_prorl.data import heldout
 from megatron_prorl.data import reasoning_gym_mix as mix
 from megatron_prorl.data.formats import FORMATS
 from megatron_prorl.data.loader import BadRowWarning, Source, check_config, load_source, load_split, save_rows
-from megatron_prorl.data.readers import HUB_PREFIX
+from megatron_prorl.data.readers import HUB_PREFIX, HubUnreachable
 from megatron_prorl.registry import resolve
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "prorl_1p5b_4node.yaml"
@@ -96,8 +99,11 @@ def prepare(opts: Options, echo: Callable[[str], None] = print) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
     manifest = _Manifest(opts.out / MANIFEST, echo)
     logic_inputs = {"mix": mix.fingerprint(), "seed": data_cfg.seed}
-    _step(manifest, LOGIC_VAL_FILE, dict(logic_inputs, size=opts.logic_val_size), None, echo,
-          partial(_generated, "val", opts.logic_val_size, data_cfg.seed, domains.get("logic").prepare.generate))
+    if any(Path(src.path).resolve() == (opts.out / LOGIC_VAL_FILE).resolve() for src in data_cfg.val):
+        _step(manifest, LOGIC_VAL_FILE, dict(logic_inputs, size=opts.logic_val_size), None, echo,
+              partial(_generated, "val", opts.logic_val_size, data_cfg.seed, domains.get("logic").prepare.generate))
+    else:
+        echo(f"{LOGIC_VAL_FILE}: not written (the config's data.val does not read it)")
     held = _held_out(data_cfg, opts.benchmarks, echo)
     for domain in _selected(opts):
         how = domains.get(domain).prepare
@@ -151,6 +157,10 @@ def _load(what: str, spec: str, fmt: str, domain: str, echo: Callable[[str], Non
         warnings.simplefilter("always", BadRowWarning)
         try:
             source = load_source(DataSourceConfig(path=spec, format=fmt, domain=domain))
+        except HubUnreachable as exc:
+            flag = f"--source {domain}=PATH" if domain else "a local file as --benchmark FORMAT=PATH"
+            raise PrepareError(f"{what}: {exc.why}; give a local copy with {flag} (JSON, JSON Lines, Parquet or "
+                               "a save_to_disk directory)") from None
         except Exception as exc:  # reported as the one-line error the CLI prints
             raise PrepareError(f"{what}: {_first_line(exc)}") from exc
         finally:
@@ -297,7 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        if domains.get(d).prepare.source) + ")")
     parser.add_argument("--benchmark", action="append", default=[], metavar="FORMAT=PATH",
                         help="a benchmark file (or hf: dataset) in FORMAT (e.g. deepscaler for AIME, "
-                             "llama_nemotron_if for IFEval) whose problems are removed from training")
+                             "llama_nemotron_if for IFEval) whose problems are removed from training; repeatable "
+                             "(default: none)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="config whose data.val is held out of training (default: %(default)s)")
     parser.add_argument("--logic-train-size", type=int, default=mix.TRAIN_SIZE, metavar="N",

@@ -22,16 +22,31 @@ from megatron_prorl import domains
 from megatron_prorl.data.schema import Row
 
 
-def user_message(row: Row) -> str:
+# The user turn, as an exported model's prorl_prompt.json states it (str.format fields).
+USER_TURN = "{problem}\n{instruction}"
+USER_TURN_WITHOUT_INSTRUCTION = "{problem}"
+
+
+def user_turn(problem: str, domain: str) -> str:
     """The user turn: the problem, then the domain's instruction (its record's) on its own line."""
-    instruction = domains.get(row.domain).instruction
-    return f"{row.prompt}\n{instruction}" if instruction else row.prompt
+    instruction = domains.get(domain).instruction
+    return (USER_TURN if instruction else USER_TURN_WITHOUT_INSTRUCTION).format(problem=problem,
+                                                                                instruction=instruction)
+
+
+def user_message(row: Row) -> str:
+    return user_turn(row.prompt, row.domain)
 
 
 def render_prompt(tokenizer, row: Row) -> str:
     """The full prompt text the policy continues from (chat template + generation prompt)."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_message(row)}], tokenize=False, add_generation_prompt=True)
+    return render_user_turn(tokenizer, user_message(row))
+
+
+def render_user_turn(tokenizer, text: str) -> str:
+    """A user turn through the chat template, with the generation prompt after it."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:

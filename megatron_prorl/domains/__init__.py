@@ -56,6 +56,8 @@ class Domain:
     verify: Verifier
     # Said after each problem in the user turn; part of the recipe (the policy is trained on it).
     instruction: str = ""
+    # A problem of the domain, to show the prompt format (an exported model's card).
+    example: str = ""
     # Raises ValueError (the message says what is wrong) for a malformed ground truth.
     check_ground_truth: Callable[[Any], None] = ground_truth_present
     prepare: PrepareSource = PrepareSource()

@@ -215,4 +215,5 @@ DOMAIN = Domain(
     instruction=("Write a Python program that solves the problem. Put your final solution in a single "
                  "fenced code block: ```python ... ```."),
     prepare=PrepareSource("hf:PRIME-RL/Eurus-2-RL-Data", "eurus2"),
+    example="Read an integer n from standard input and print the sum of the integers from 1 to n.",
     title="Code", order=1, headline="pass@1", structured_ground_truth=True)

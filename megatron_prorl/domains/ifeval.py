@@ -374,4 +374,5 @@ DOMAIN = Domain(
     "ifeval", verify=verify_ifeval, check_ground_truth=check_ground_truth, warm=warm,
     prepare=PrepareSource("hf:nvidia/Llama-Nemotron-Post-Training-Dataset?name=RL&split=instruction_following",
                           "llama_nemotron_if"),
+    example="Write a haiku about autumn. Do not use any commas in your response.",
     title="Instruction following", order=3, headline="mean reward", structured_ground_truth=True)

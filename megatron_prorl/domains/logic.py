@@ -70,4 +70,5 @@ DOMAIN = Domain(
     "logic", verify=verify_logic, check_ground_truth=check_ground_truth, warm=warm,
     instruction="Think step by step, then give your final answer inside <answer></answer> tags.",
     prepare=PrepareSource(generate="megatron_prorl.data.reasoning_gym_mix:generate"),
+    example="Sort these words in ascending (ASCII/Unicode) order: pear, apple, fig\nAnswer with a comma-separated list.",
     title="Logic puzzles", order=4, headline="mean reward", structured_ground_truth=True)

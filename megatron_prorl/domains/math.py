@@ -123,4 +123,4 @@ INSTRUCTION = "Let's think step by step and output the final answer within \\box
 DOMAIN = Domain(
     "math", verify=verify_math, instruction=INSTRUCTION, check_ground_truth=check_ground_truth, warm=warm,
     prepare=PrepareSource("hf:agentica-org/DeepScaleR-Preview-Dataset", "deepscaler"),
-    title="Math", order=0, headline="pass@1", answers=True)
+    example="What is the sum of the real roots of $x^2 - 5x + 6 = 0$?", title="Math", order=0, headline="pass@1", answers=True)

@@ -80,4 +80,4 @@ def verify_stem(answer: str, ground_truth: Any, cfg: RewardsConfig) -> RewardRes
 DOMAIN = Domain(
     "stem", verify=verify_stem, instruction=INSTRUCTION, check_ground_truth=check_ground_truth, warm=warm,
     prepare=PrepareSource("hf:EricLu/SCP-116K", "scp116k"),
-    title="STEM", order=2, headline="pass@1", answers=True)
+    example="A 2 kg mass moves at 3 m/s. What is its kinetic energy in joules?", title="STEM", order=2, headline="pass@1", answers=True)

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from megatron_prorl.eval.regimes import DEFAULT_MIN_CHANGE, classify, rule_text
 from megatron_prorl.eval.report import benchmarks, draw_pass_at_k, load_results, short, summary_tables
+from megatron_prorl.runtime.run_lock import make_output_dir
 
 COMPARE_MD, COMPARE_JSON, COMPARE_PNG = "compare.md", "compare.json", "compare.png"
 
@@ -48,8 +49,7 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, k: Optional[int
         rows[name] = {"k": big, "pass@1": pass1, "pass@k": passk, "regime": regime.name, "why": regime.why}
     result = {"runs": [label for label, _ in runs], "dirs": [str(d) for d in run_dirs], "min_change": min_change,
               "rule": rule_text(min_change), "benchmarks": rows}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir, "--out")
     (out / COMPARE_JSON).write_text(json.dumps(result, indent=1) + "\n")
     (out / COMPARE_MD).write_text(_markdown(result, runs))
     _plot(runs, rows, out / COMPARE_PNG)

@@ -173,12 +173,20 @@ def details_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(results: dict, path: Path, model_label: str) -> None:
+def write_summary(results: dict, path: Path, model_label: str, prompt: Optional[dict] = None) -> None:
     s = results["settings"]
     setting = (f"{s.get('samples')} samples per problem, temperature {s.get('temperature')}, top_p {s.get('top_p')}, "
                f"at most {s.get('max_new_tokens')} new tokens" if s else "")
     path.write_text(f"# Evaluation of {model_label}\n\n{setting}\n\n" + summary_tables([(model_label, results)])
-                    + "\n## All metrics (%)\n\n" + details_table(results))
+                    + "\n## All metrics (%)\n\n" + details_table(results) + (prompt_table(prompt) if prompt else ""))
+
+
+def prompt_table(prompt: dict) -> str:
+    """How each problem was put to the model (a prorl_prompt.json record)."""
+    rows = "".join(f"| {name} | {entry['instruction'] or '(none)'} |\n" for name, entry in prompt["domains"].items())
+    return ("\n## Prompt format\n\nEach problem is one user turn, the problem then its domain's instruction on its "
+            "own line, through the model's chat template with the generation prompt (`prorl_prompt.json` here holds "
+            "it, chat template included).\n\n| domain | instruction |\n|---|---|\n" + rows)
 
 
 def short(text: str, width: int = 40) -> str:
@@ -224,12 +232,13 @@ def plot_pass_at_k(runs: Sequence[tuple[str, dict]], path: Path, title: str) -> 
 
 
 def write_report(out_dir: str | Path, records: Sequence[dict], ks: Sequence[int], settings: dict,
-                 model_label: str) -> dict:
-    """results.json, summary.md and pass_at_k.png in ``out_dir``; returns the results."""
+                 model_label: str, prompt: Optional[dict] = None) -> dict:
+    """results.json, summary.md and pass_at_k.png in ``out_dir``; returns the results.
+    ``prompt``: the prompt format used (summary.md states it)."""
     out = Path(out_dir)
     results = compute_results(records, ks, settings)
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
-    write_summary(results, out / SUMMARY_FILE, model_label)
+    write_summary(results, out / SUMMARY_FILE, model_label, prompt)
     plot_pass_at_k([(model_label, results)], out / PLOT_FILE, f"pass@k of {model_label}")
     return results
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
 
 from checkpoint_convert.arch import hf_arch, read_hf_config
 from megatron_prorl import builtin

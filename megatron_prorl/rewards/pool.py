@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
 import threading
 import time
 import traceback
@@ -32,7 +31,7 @@ from megatron_prorl.config import RewardsConfig
 from megatron_prorl.domains import Domain, Verifier
 from megatron_prorl.domains.result import CodeExecutionDisabled, RewardItem, RewardResult
 from megatron_prorl.rewards import score
-from megatron_prorl.runtime import process
+from megatron_prorl.runtime import process as runtime_process
 from megatron_prorl.sandbox import sandbox
 
 log = logging.getLogger(__name__)
@@ -82,10 +81,9 @@ def _warm(domain: str, cfg: RewardsConfig) -> Optional[dict]:
 
 def _worker_main(conn: Connection, progress: Any, cfg_dict: dict, extra: dict, preload: Sequence[str],
                  parent_pid: int) -> None:
-    # Ctrl-C and the run's stop signals are the trainer's to handle; never outlive it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    process.ignore_stop_signals()
-    process.die_with_parent(parent_pid)
+    # The run's stop signals (Ctrl-C included) are the trainer's to handle; never outlive it.
+    runtime_process.ignore_stop_signals()
+    runtime_process.die_with_parent(parent_pid)
     sandbox.become_subreaper()
     # The pool reports the sandbox mode once; N workers repeating the fallback warning is noise.
     logging.getLogger(sandbox.__name__).setLevel(logging.ERROR)
@@ -233,7 +231,8 @@ class RewardPool:
         progress = self._ctx.RawArray("d", 2)
         process = self._ctx.Process(target=_worker_main, name="reward-worker", daemon=True,
                                     args=(child, progress, asdict(self.cfg), self._extra, self._preload, os.getpid()))
-        process.start()
+        with runtime_process.children_block_stop_signals():  # until the worker ignores them
+            process.start()
         child.close()
         return _Worker(process, parent, progress)
 

@@ -17,8 +17,9 @@ A checkpoint is written under a hidden temporary name and renamed once every ran
 and its manifest is written; the ``latest`` file is replaced after that. Old checkpoints are
 renamed to a hidden ``.trash-`` name before they are deleted. So a run killed at any moment
 leaves only complete checkpoints under ``step_*`` names, and the next run removes the hidden
-leftovers. Resuming verifies the newest checkpoint against its manifest and falls back, saying
-so, to the newest one that is intact.
+leftovers. Resuming takes the newest checkpoint (``latest`` lags it when a run stopped between
+the two renames), verifies it against its manifest and falls back, saying so, to the newest one
+that is intact.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ import torch
 import torch.distributed as dist
 
 from checkpoint_convert.checkpoint import (LATEST, STEP_PREFIX, CheckpointMeta, atomic_directory, copy_hf_metadata,
-                                           load_model_state, on_first_rank, rank, save_model_state, save_sharded_state,
-                                           verify_checkpoint, write_meta)
+                                           load_model_state, newer_than_latest, on_first_rank, rank, save_model_state,
+                                           save_sharded_state, step_checkpoints, verify_checkpoint, write_meta)
 from checkpoint_convert.errors import ConversionError
 from megatron_prorl.errors import UserError
 
@@ -77,13 +78,18 @@ class CheckpointManager:
         on_first_rank(clean)
 
     def _candidates(self) -> list[Path]:
-        """The checkpoint ``latest`` names, then every other, newest first (as rank 0 sees them)."""
+        """Every checkpoint, newest first (as rank 0 sees them). ``latest`` only says which one
+        the run published last: a run stopped between publishing a checkpoint and updating the
+        pointer leaves a newer complete one, which is taken (and said so)."""
         found: list = [None]
         if rank() == 0 and self.root.is_dir():
-            steps = sorted((p for p in self.root.glob(f"{STEP_PREFIX}*") if p.is_dir()), reverse=True)
+            found[0] = [str(p) for p in step_checkpoints(self.root)]
             pointer = self.root / LATEST
-            named = self.root / pointer.read_text().strip() if pointer.is_file() else None
-            found[0] = [str(named)] * (named is not None) + [str(p) for p in steps if p != named]
+            named = pointer.read_text().strip() if pointer.is_file() else None
+            newer = newer_than_latest(self.root, named) if named else None
+            if newer is not None:
+                log.warning("%s names %s, but %s is newer and complete (the run stopped before updating %s)",
+                            LATEST, named, newer.name, LATEST)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast_object_list(found, src=0)
         return [Path(p) for p in found[0] or []]

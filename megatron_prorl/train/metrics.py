@@ -48,9 +48,10 @@ Validation records (kind "val"): ``val/score`` (blended over domains) and
 ``val/pass@1/<domain>``. TensorBoard tags are ``<kind>/<name>`` (``train/reward/math``);
 names that already start with ``<kind>/`` are not prefixed twice (``val/score``).
 
-Events carry a ``category``: "reset", "stage", "checkpoint" or "event"; when the caller gives
-none it is read off the text (see :func:`event_category`). ``prorl plot`` draws every event
-but checkpoints.
+Events carry a ``category``: "reset", "stage", "checkpoint", "config" (a resumed run's config
+changes, each as ``{"key", "old", "new", "note"}`` under ``changes``) or "event"; when the
+caller gives none it is read off the text (see :func:`event_category`). ``prorl plot`` draws
+every event but checkpoints.
 
 Resume: ``MetricsLogger(..., resume_step=k)`` with k > 0 keeps the records with ``step <= k``
 (a run killed after logging step k+1 but before its checkpoint would otherwise log that step
@@ -110,7 +111,10 @@ def _json_safe(value: float | int) -> float | int | None:
 def _parse_lines(path: Path) -> list[dict]:
     """Records of a metrics file. A torn last line (the run was killed mid-write) is dropped;
     a malformed line elsewhere is an error naming the file and line."""
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a metrics file (not UTF-8 text at byte {exc.start})") from None
     records = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -222,14 +226,16 @@ class MetricsLogger:
                     tag = name if name.startswith(kind + "/") else f"{kind}/{name}"
                     self._tb.add_scalar(tag, value, step)
 
-    def log_event(self, step: int, text: str, category: Optional[str] = None) -> None:
+    def log_event(self, step: int, text: str, category: Optional[str] = None, extra: Optional[dict] = None) -> None:
         """A run event such as a reference reset ("reset") or a stage change ("stage");
-        ``prorl plot`` draws it as a labelled vertical line coloured by category."""
+        ``prorl plot`` draws it as a labelled vertical line coloured by category. ``extra``:
+        more fields of the record (JSON values), e.g. a config change's keys."""
         if not self.enabled:
             return
         category = category or event_category(text)
         with self._disk_errors(step):
-            self._write({"step": step, "kind": "event", "time": time.time(), "text": text, "category": category})
+            self._write({"step": step, "kind": "event", "time": time.time(), "text": text, "category": category,
+                         **(extra or {})})
             if self._tb is not None:
                 self._tb.add_text(f"events/{category}", text, step)
         message = f"[step {step}] {text}"

@@ -12,9 +12,12 @@ Writes into ``RUN_DIR/plots/`` (metric names: see :mod:`megatron_prorl.train.met
                      gradient norm, dynamic sampling, learning rate
 
 Noisy per-step curves are drawn faint with a moving average on top; NaN/inf values (logged
-as null) are red crosses on the x axis. Events (reference resets, stage changes; not
-checkpoints) are dashed vertical lines on every panel, labelled on the top row.
-A chart or panel whose metrics are absent is left out and reported, never an error.
+as null) of a run-wide metric (KL, entropy, gradient norm, ...) are red crosses on the x axis. A
+per-domain metric is null at a step that drew no prompt of that domain: a gap, not a marker.
+Events (reference resets, stage changes, config changes on resume; not checkpoints) are dashed
+vertical lines on every panel, labelled on the top row with their kind ("stage 8k", "reference
+reset"; the whole text is in metrics.jsonl). Legends sit beside their panel, never over curves
+or labels. A chart or panel whose metrics are absent is left out and reported, never an error.
 """
 
 from __future__ import annotations
@@ -37,11 +40,16 @@ PLOTS_DIR = "plots"
 _DOMAIN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:cyan", "tab:brown", "tab:pink",
                   "tab:olive", "tab:gray")
 _SERIES_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:brown")
-# Muted (ColorBrewer Set2) so the time areas do not read as domains or events.
-_STACK_COLORS = ("#8da0cb", "#fc8d62", "#66c2a5", "#ffd92f", "#b3b3b3", "#e5c494")
-_EVENT_COLORS = {"reset": "firebrick", "stage": "indigo"}
+# Muted (ColorBrewer Set2, its eight colours) so the time areas do not read as domains or
+# events; one per time metric, so each keeps its colour whichever others are present.
+_STACK_COLORS = {"time/generation": "#8da0cb", "time/reward": "#fc8d62", "time/sleep": "#e5c494",
+                 "time/reference": "#ffd92f", "time/training": "#b3b3b3", "time/release": "#e78ac3",
+                 "time/wake": "#a6d854", "time/sync": "#66c2a5"}
+_STACK_DEFAULT_COLOR = "#d9d9d9"
+_EVENT_COLORS = {"reset": "firebrick", "stage": "indigo", "config": "darkgoldenrod"}
 _EVENT_DEFAULT_COLOR = "dimgray"
-_HIDDEN_EVENTS = ("checkpoint",)  # bookkeeping, one every few steps: lines would drown the curves
+_HIDDEN_EVENTS = ("checkpoint",)
+_LABEL_LIMIT = 40  # characters of an event label (several events at one step share one)  # bookkeeping, one every few steps: lines would drown the curves
 # Legend names for keys whose last path component would read badly.
 _LABELS = {"reward/mean": "all domains", "val/score": "blended score", "time/step": "step total",
            "clip_frac_low": "low (1 - eps_low)", "clip_frac_high": "high (1 + eps_high)",
@@ -154,6 +162,12 @@ def _event_color(event: dict) -> str:
     return _EVENT_COLORS.get(event.get("category"), _EVENT_DEFAULT_COLOR)
 
 
+def _event_label(event: dict) -> str:
+    """What an event's line says: its kind, the text before the first colon ("stage 8k",
+    "reference reset", "config changed on resume")."""
+    return str(event.get("text", "")).partition(":")[0].strip()
+
+
 def _event_labels(events: Sequence[dict], min_gap: float) -> list[tuple[float, str, str]]:
     """(step, colour, text) labels; events closer than ``min_gap`` steps (a reset at a stage
     change) share one label so their texts do not overprint."""
@@ -165,9 +179,8 @@ def _event_labels(events: Sequence[dict], min_gap: float) -> list[tuple[float, s
             groups.append([event])
     labels = []
     for group in groups:
-        text = " / ".join(str(e.get("text", "")) for e in group)
-        limit = 28 * min(len(group), 2)
-        text = text if len(text) <= limit else text[:limit - 1] + "…"
+        text = " / ".join(dict.fromkeys(_event_label(e) for e in group))
+        text = text if len(text) <= _LABEL_LIMIT else text[:_LABEL_LIMIT - 1] + "…"
         labels.append((group[0]["step"], _event_color(group[0]), text))
     return labels
 
@@ -210,9 +223,10 @@ class _Plotter:
                 else:
                     color, width = _SERIES_COLORS[i % len(_SERIES_COLORS)], 1.8
                 steps, values = _series(records, name)
-                self._curve(ax, panel.style, steps, values, label, color, width)
+                # A per-domain null is a step without that domain's prompts, not a divergence.
+                self._curve(ax, panel.style, steps, values, label, color, width, mark_nonfinite=not wild)
             if len(ax.get_legend_handles_labels()[0]) > 1:
-                ax.legend(loc="best", framealpha=0.8)
+                _legend_beside(ax)
         ax.set_title(panel.title)
         ax.set_xlabel("step")
         ax.set_ylabel(panel.ylabel)
@@ -223,7 +237,7 @@ class _Plotter:
         self._events(ax, label_events)
 
     @staticmethod
-    def _curve(ax, style: str, steps, values, label: str, color: str, width: float) -> None:
+    def _curve(ax, style: str, steps, values, label: str, color: str, width: float, mark_nonfinite: bool) -> None:
         window = max(1, min(50, len(steps) // 20))
         if style == "markers":  # sparse points (validation); dense ones would merge into a band
             ax.plot(steps, values, marker="o" if len(steps) <= 40 else None, markersize=5, lw=width, color=color,
@@ -234,7 +248,7 @@ class _Plotter:
             ax.plot(steps, values, lw=0.8, alpha=0.3, color=color)
             ax.plot(steps, moving_average(values, window), lw=width, color=color, label=label)
         bad = ~np.isfinite(values)
-        if bad.any():  # NaN / inf logged as null: a divergence worth seeing, not just a gap
+        if mark_nonfinite and bad.any():  # NaN / inf logged as null: a divergence worth seeing, not just a gap
             ax.plot(steps[bad], np.zeros(bad.sum()), "x", color="red", ms=7, mew=2, clip_on=False,
                     transform=blended_transform_factory(ax.transData, ax.transAxes), label=f"{label} (NaN/inf)")
 
@@ -245,13 +259,12 @@ class _Plotter:
             steps = np.asarray([r["step"] for r in rows], dtype=float)
             parts = np.nan_to_num(np.asarray([[_number(r.get(n)) for r in rows] for n in names]))
             labels = [n.rsplit("/", 1)[-1] for n in names]
-            ax.stackplot(steps, parts, labels=labels, colors=_STACK_COLORS[:len(names)])
+            ax.stackplot(steps, parts, labels=labels, colors=[_STACK_COLORS.get(n, _STACK_DEFAULT_COLOR) for n in names])
         if panel.total and any(panel.total in r for r in records):
             steps, values = _series(records, panel.total)
             ax.plot(steps, values, color="black", lw=1.4, label=_LABELS.get(panel.total, panel.total))
-        # Areas stack bottom-up; list the legend top-down to match, beside the areas it names.
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+        # Areas stack bottom-up; list the legend top-down to match.
+        _legend_beside(ax, reverse=True)
         ax.set_ylim(bottom=0)
 
     def _events(self, ax, label: bool) -> None:
@@ -265,6 +278,15 @@ class _Plotter:
             side = "left" if step - lo < 0.05 * (hi - lo) else "right"  # keep clear of the y axis
             ax.text(step, 0.97, f" {text}", transform=transform, rotation=90, va="top", ha=side,
                     fontsize=8, color=color, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7))
+
+
+def _legend_beside(ax, reverse: bool = False) -> None:
+    """The legend right of the panel, outside it: nothing drawn inside is ever covered (a
+    ``best`` position inside still lands on an event label or a curve when every spot has one)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if reverse:
+        handles, labels = handles[::-1], labels[::-1]
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, framealpha=0.8)
 
 
 def _fit_y(ax, panel: Panel) -> None:
@@ -340,15 +362,25 @@ def _plot_run(run_dir: str | Path, out_dir: str | Path | None) -> tuple[list[Pat
     return plot_records(records, out_dir or run_dir / PLOTS_DIR, run_dir.resolve().name)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="prorl plot", description="Write PNG charts of a ProRL run's metrics.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding metrics.jsonl")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/plots)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prorl plot", description="Write PNG charts of a ProRL run's metrics.")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         written, skipped = _plot_run(args.run_dir, args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        parser.error(str(exc))
+    except (FileNotFoundError, ValueError) as exc:  # one line: the usage says nothing about a bad file
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     for path in written:

@@ -40,10 +40,10 @@ from megatron_prorl.rewards import RewardPool
 from megatron_prorl.rollout import SamplingParams, build_engine_from_config
 from megatron_prorl.rollout.base import eos_token_ids
 from megatron_prorl.rollout.generate import Group, generate_groups
-from megatron_prorl.runtime import device
+from megatron_prorl.runtime import device, process
 from megatron_prorl.runtime.distributed import all_max, all_sum, detect_env, init_distributed
-from megatron_prorl.runtime.process import STOP_SIGNALS
 from megatron_prorl.train import checkpoint as ckpt
+from megatron_prorl.train import resume
 from megatron_prorl.train.actor import ActorState, PolicyActor, ResetRecord
 from megatron_prorl.train.experience import group_stats, max_response_length, to_train_batch
 from megatron_prorl.train.metrics import MetricsLogger
@@ -74,29 +74,18 @@ def reduce_stats(stats: dict[str, tuple[float, float]], names: Sequence[str]) ->
     return {n: (s / c if c > 0 else float("nan")) for n, s, c in zip(names, totals[::2], totals[1::2])}
 
 
-class _StopFlag:
-    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit): finish the step, checkpoint,
-    exit. Installed first thing, so a signal during start-up is not lost."""
-
-    def __init__(self):
-        self.signum = 0
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        log.warning("received %s: will checkpoint after this step and exit", signal.Signals(signum).name)
-
-    def agreed(self) -> Optional[str]:
-        """The stop signal any rank received (collective), or None."""
-        signum = int(all_max([self.signum])[0])
-        return signal.Signals(signum).name if signum else None
+def agreed_stop_signal() -> Optional[str]:
+    """The stop signal any rank received (collective), or None: SIGTERM / SIGUSR1 (Slurm's
+    warning before the time limit) or SIGINT (Ctrl-C) finish the step, checkpoint and exit. The
+    command records them from its start (``process.catch_stop_signals``), so one sent during
+    start-up is not lost."""
+    signum = int(all_max([process.stop_signal()])[0])
+    return signal.Signals(signum).name if signum else None
 
 
 class Trainer:
     def __init__(self, cfg: ProRLConfig):
         self.cfg = cfg
-        self.stop = _StopFlag()
         self.stopped_by: Optional[str] = None
         self._start_distributed()
         self._load_data()
@@ -144,7 +133,8 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.data = load_data(cfg.data, self.tokenizer, cfg.rollout.max_prompt_length)
         self.domains = sorted({r.domain for s in self.data.train + self.data.val for r in s.rows})
-        self.sampler = MixedSampler(self.data.pools(), self.data.weights(), seed=cfg.data.seed)
+        self.sampler = MixedSampler(self.data.pools(), self.data.weights(), seed=cfg.data.seed,
+                                    origins={s.name: s.path for s in self.data.train})
 
     def _restore_or_initialise(self) -> None:
         """Resume the run's newest intact checkpoint; else start from checkpoint.load (a trainer
@@ -157,6 +147,7 @@ class Trainer:
         self.step = 0
         self.stage_index = -1
         self.history: list[dict] = []  # validation results, for the final summary
+        self.config_changes: list[resume.Change] = []  # from the checkpoint's config, resuming
         resume = self.ckpts.latest()
         self.last_checkpoint = resume.name if resume is not None else None
         self.resumed_from: Optional[Path] = None
@@ -197,6 +188,10 @@ class Trainer:
     def _open_run_dir(self) -> None:
         self.logger = MetricsLogger(self.out, self.cfg.logging, self.total_steps, enabled=self.rank == 0,
                                     resume_step=self.step)
+        if self.config_changes:
+            listed = "; ".join(c.line() for c in self.config_changes)
+            self.logger.log_event(self.step, f"config changed on resume: {listed}", category="config",
+                                  extra={"changes": [c.record() for c in self.config_changes]})
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(to_yaml(self.cfg))
@@ -211,7 +206,7 @@ class Trainer:
         return self.summary()
 
     def _loop(self) -> None:
-        self.stopped_by = self.stop.agreed()  # during start-up: stop before any step
+        self.stopped_by = agreed_stop_signal()  # during start-up: stop before any step
         if self.stopped_by:
             self.logger.log_event(self.step, f"stopping on {self.stopped_by} before step {self.step + 1}")
         elif self.step == 0 and self.data.val:
@@ -230,7 +225,7 @@ class Trainer:
                 reason = reason or self.trigger.on_validation(score)
             if reason:
                 self._reset(step, reason)
-            self.stopped_by = self.stop.agreed()
+            self.stopped_by = agreed_stop_signal()
             every = self.cfg.checkpoint.every
             if self.stopped_by or step == self.total_steps or (every and step % every == 0):
                 self.save()
@@ -435,6 +430,9 @@ class Trainer:
         return path
 
     def _load(self, path: Path) -> None:
+        point = resume.resume_point(path)
+        self.config_changes = resume.config_changes(point, self.cfg, self.hf_config)
+        resume.check_changes(point, self.config_changes)
         ckpt.load_actor(self.actor, path)
         self.resumed_from = path
         # Older checkpoints also hold the stage's "temperature" and "kl_beta": unused, the
@@ -455,7 +453,8 @@ class Trainer:
         before = next((h for h in self.history if h["step"] == 0), None)
         last = self.history[-1] if self.history else None
         return {"steps": self.step, "total_steps": self.total_steps, "stopped_by": self.stopped_by,
-                "before": before, "last_validation": last, "resets": [vars(r) for r in self.actor.state.resets]}
+                "checkpoint": self.last_checkpoint, "before": before, "last_validation": last,
+                "resets": [vars(r) for r in self.actor.state.resets]}
 
     def close(self) -> None:
         self.logger.close()

@@ -112,6 +112,15 @@ def test_logic_is_the_reasoning_gym_mix(prepared):
     assert not {problem_key(r.prompt) for r in train} & {problem_key(r.prompt) for r in val}
 
 
+def test_the_readme_counts_the_mix_as_the_code_does():
+    trained = len(mix.TRAIN_WEIGHTS)
+    in_val = len({spec.partition("?")[0] for spec in mix.split_weights("val")})  # graph_color twice, one task
+    readme = (ROOT / "README.md").read_text()
+    assert f"{mix.TRAIN_SIZE:,} problems over {trained} tasks" in readme
+    assert f"{mix.VAL_SIZE} validation problems over {in_val} tasks: the {trained} trained" in readme
+    assert f"all {trained} offline tasks" in readme
+
+
 def test_task_sizes_follow_the_weights():
     assert mix.task_sizes({"a": 1.0, "b": 1.0, "c": 2.0}, 8) == {"a": 2, "b": 2, "c": 4}
     assert mix.task_sizes({"a": 1.0, "b": 1.0, "c": 1.0}, 4) == {"a": 2, "b": 1, "c": 1}  # ties: earlier
@@ -245,6 +254,57 @@ def test_a_killed_run_leaves_no_partial_file_and_resumes(fixtures, tmp_path, cap
     assert rc == 0, err
     assert "math.jsonl: complete already" in stdout and "code.jsonl: eurus2.parquet[code]: 2 rows" in stdout
     assert sorted(os.listdir(out)) == ["code.jsonl", "logic_val.jsonl", "math.jsonl", "prepared.json"]
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_goes_on(tmp_path):
+    """SIGINT to the process group of a real `prorl data prepare` (a terminal's Ctrl-C) while it
+    generates the Reasoning Gym training problems: one line, exit code 130, the validation file
+    kept and recorded, no partial file; the rerun skips what is done."""
+    from helpers.runs import ctrl_c, prorl, wait_for
+
+    out = tmp_path / "out"
+    proc = prorl("data", "prepare", "--out", out, "--only", "logic", "--logic-train-size", "3000",
+                 "--logic-val-size", "2")
+    manifest = out / prep.MANIFEST
+    wait_for(lambda: manifest.exists() and "logic_val.jsonl" in manifest.read_text(), proc, what="the val file")
+    ctrl_c(proc, "prorl data prepare: interrupted; the files finished so far are kept (--out's prepared.json) "
+                 "and the same command goes on")
+    assert sorted(os.listdir(out)) == ["logic_val.jsonl", "prepared.json"]  # no partial logic.jsonl
+    proc = prorl("data", "prepare", "--out", out, "--only", "logic", *TINY_LOGIC)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text[-3000:]
+    assert "logic_val.jsonl: complete already" in text and (out / "logic.jsonl").is_file()
+
+
+def test_without_network_the_hub_fails_fast_naming_the_source_flag(tmp_path, capsys, monkeypatch):
+    """No hub (a closed port stands in for a machine without network): one line within seconds,
+    not half a minute of retries, pointing at --source DOMAIN=PATH."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    started = time.monotonic()
+    rc, _, err = run_prepare(capsys, "--out", tmp_path / "out", "--only", "math", *TINY_LOGIC)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert time.monotonic() - started < 20
+    assert ("math source hf:agentica-org/DeepScaleR-Preview-Dataset: the Hugging Face hub cannot be reached "
+            "(127.0.0.1:9: Connection refused)") in err, err
+    assert "give a local copy with --source math=PATH" in err, err
+
+
+def test_the_val_file_is_written_only_when_the_config_reads_it(fixtures, tmp_path, capsys):
+    config = tmp_path / "no_val.yaml"
+    config.write_text("data:\n  train: [{path: arithmetic:add}]\n")
+    out = tmp_path / "out"
+    rc, stdout, err = run_prepare(capsys, "--out", out, *local_sources(fixtures), "--only", "math", "--config", config,
+                                  *TINY_LOGIC)
+    assert rc == 0, err
+    assert "logic_val.jsonl: not written (the config's data.val does not read it)" in stdout
+    assert sorted(os.listdir(out)) == ["math.jsonl", "prepared.json"]
 
 
 def test_a_hub_dataset_is_read_through_datasets(fixtures, tmp_path, capsys, monkeypatch):

@@ -158,3 +158,42 @@ distributed.shutdown_distributed()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 and "ok 1 1" in done.stdout, done.stderr[-3000:]
+
+
+def _a_collective_with_a_stopped_peer() -> tuple[float, str] | None:
+    """Gloo, as a CPU run under torchrun or srun has it (no launcher of ours watching): rank 1
+    stops (SIGSTOP) before the collective; rank 0 measures how long it waits, then lets rank 1
+    go on so that both return."""
+    import signal
+    import time
+
+    import torch.distributed as dist
+
+    from megatron_prorl.config import ParallelConfig
+    from megatron_prorl.runtime.distributed import all_sum, init_distributed
+
+    init_distributed(ParallelConfig(collective_timeout_minutes=1))
+    pids = [None, None]
+    dist.all_gather_object(pids, os.getpid())
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return None
+    started = time.monotonic()
+    try:
+        all_sum([1.0])
+    except RuntimeError as exc:
+        return time.monotonic() - started, str(exc)
+    finally:
+        os.kill(pids[1], signal.SIGCONT)
+    return time.monotonic() - started, "no error"
+
+
+def test_without_our_launcher_a_stopped_peer_ends_the_waiting_rank_at_the_collective_timeout():
+    """Under torchrun or srun no parent of ours watches the ranks' heartbeats: the collective
+    timeout does. Gloo raises on it (a RuntimeError out of the collective; the rank exits with
+    it, and torchrun or srun --kill-on-bad-exit end the others)."""
+    from megatron_prorl.runtime.launch import spawn
+
+    (elapsed, error), _ = spawn(_a_collective_with_a_stopped_peer, 2)
+    assert "Timed out" in error, error
+    assert 55 < elapsed < 120, elapsed

@@ -8,16 +8,18 @@ half-written is left.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
-from helpers.runs import comparable, prorl, records, run_ok, wait_for, write_config
+from helpers.runs import comparable, prorl, prorl_fails, records, run_ok, wait_for, write_config
 
 from checkpoint_convert.manifest import write_manifest
 from megatron_prorl.train.checkpoint import CheckpointManager, NoValidCheckpoint
@@ -77,12 +79,135 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(referen
 
 
 def test_continuing_a_finished_run_resumes_from_its_last_step(reference_run, tmp_path):
+    """A finished run releases its directory; rerun as it is, there is nothing to do (one line,
+    no rank started); with a step more and another learning rate it goes on from its last step,
+    and the changed keys are listed and recorded as an event."""
+    ref, _ = reference_run
+    assert not (ref / ".prorl.lock").exists()
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    before = (run / "metrics.jsonl").read_text()
+    out = run_ok("train", write_config(tmp_path))
+    assert out.strip() == (f"nothing to do: the run finished all 3 steps ({run / 'checkpoints' / 'step_00000003'}); "
+                           "add steps to the last stage (trainer.stages.0.steps=...) or a stage to continue it, or "
+                           "set another trainer.output_dir for a new run"), out[-3000:]
+    assert (run / "metrics.jsonl").read_text() == before and not (run / ".prorl.lock").exists()
+    out = run_ok("train", write_config(tmp_path, trainer__stages=[{"name": "main", "steps": 4}]), "optim.lr=1e-3")
+    assert "resumed from" in out and "at step 3" in out
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
+    assert ("[step 3] config changed on resume: optim.lr 0.0003 -> 0.001; trainer.stages[0].steps 3 -> 4 "
+            "(stage 0 now ends at step 4)") in out, out[-3000:]
+    [event] = [e for e in records(run, "event") if e["category"] == "config"]
+    assert event["step"] == 3 and event["changes"] == [
+        {"key": "optim.lr", "old": 0.0003, "new": 0.001, "note": ""},
+        {"key": "trainer.stages[0].steps", "old": 3, "new": 4, "note": "stage 0 now ends at step 4"}]
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("override, refused", [
+    ("trainer.seed=2", "trainer.seed 1 -> 2 (every step's sampling seed and the resumed random states derive from it)"),
+    ("data.train.0.size=100", "data.train[0].size 2000 -> 100 (the sampler continues its position in the training "
+                              "sources)"),
+    ("data.val=[]", "data.val[#] 1 -> 0"),
+    ("model.dtype=bf16", "model.dtype \"fp32\" -> \"bf16\" (the weights and optimizer state were saved in this "
+                         "precision)"),
+    ("trainer.stages=[{name: main, steps: 2}]", "trainer.stages[0].steps 3 -> 2 (the stage would end before step 3, "
+                                                "where the run is)"),
+])
+def test_changes_a_resumed_run_cannot_take_are_refused_before_any_rank_starts(reference_run, tmp_path, override,
+                                                                              refused):
     ref, _ = reference_run
     run = tmp_path / "run"
     shutil.copytree(ref, run)
-    out = run_ok("train", write_config(tmp_path, trainer__stages=[{"name": "main", "steps": 4}]))
-    assert "resumed from" in out and "at step 3" in out
-    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
+    proc = subprocess.run([sys.executable, "-m", "megatron_prorl.cli", "train", str(write_config(tmp_path)), override],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"prorl: error: cannot resume {run / 'checkpoints' / 'step_00000003'} (step 3) "
+                                  "with this config: "), proc.stderr
+    assert refused in proc.stderr and "Undo the change (the checkpoint's config: " in proc.stderr, proc.stderr
+    assert not (run / ".prorl.lock").exists()
+
+
+def test_a_latest_pointer_that_lags_a_complete_checkpoint_is_passed_over(reference_run, tmp_path):
+    """A kill between publishing step 3's checkpoint and updating ``latest`` leaves the pointer on
+    step 2: the run resumes from step 3, the newest complete and verified one, and says so."""
+    ref, _ = reference_run
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / "checkpoints" / "latest").write_text("step_00000002\n")
+    out = run_ok("train", write_config(tmp_path))
+    assert "latest names step_00000002, but step_00000003 is newer and complete" in out, out[-3000:]
+    assert f"resumed from {run / 'checkpoints' / 'step_00000003'} at step 3" in out, out[-3000:]
+    same_as_reference(run, ref)
+
+
+def test_a_data_file_reordered_before_resume_is_named(tmp_path):
+    """The same rows in another order: the sampler would draw other prompts than the run it
+    continues. Refused (exact resume is the promise), one line naming the file."""
+    from megatron_prorl.data import save_rows
+    from megatron_prorl.data.generators import generate
+
+    rows = tmp_path / "train.jsonl"
+    save_rows(generate("arithmetic:add", 200, seed=3), rows)
+
+    def steps(n: int) -> Path:
+        return write_config(tmp_path, data__train=[{"path": str(rows)}], data__val=[],
+                            trainer__stages=[{"name": "main", "steps": n}])
+
+    run_ok("train", steps(1))
+    lines = rows.read_text().splitlines(keepends=True)
+    random.Random(0).shuffle(lines)
+    rows.write_text("".join(lines))
+    line = prorl_fails("train", steps(2))
+    assert f"data changed since the checkpoint: {rows}: the same 200 rows, in another order or with other content" \
+        in line, line
+    assert [r["step"] for r in records(tmp_path / "run")] == [1]
+
+
+def _a_rank_of(proc: subprocess.Popen) -> psutil.Process:
+    """One of the TP ranks `prorl train` started (its spawned children, not the resource tracker)."""
+    ranks = [c for c in psutil.Process(proc.pid).children() if "--multiprocessing-fork" in c.cmdline()]
+    assert len(ranks) == 2, [c.cmdline() for c in psutil.Process(proc.pid).children()]
+    return max(ranks, key=lambda c: c.pid)
+
+
+def test_a_stopped_rank_or_a_killed_one_ends_the_run_in_one_line_and_it_resumes(tmp_path):
+    """TP2. A rank stopped (SIGSTOP: a hung node) after step 1's checkpoint: the run ends within
+    parallel.heartbeat_timeout_s, one line naming the rank and the checkpoint to resume from,
+    nothing left running. The rerun resumes; a rank of it killed (SIGKILL) after step 2 is one
+    line too; the third run finishes."""
+    config = write_config(tmp_path, parallel__tensor_model_parallel_size=2, parallel__heartbeat_timeout_s=15,
+                          data__val=[])
+    run = tmp_path / "run"
+    latest = run / "checkpoints" / "latest"
+
+    def fails_when(step: int, sig: int) -> tuple[str, float]:
+        proc = prorl("train", config)
+        wait_for(lambda: latest.exists() and latest.read_text().strip() == f"step_{step:08d}", proc,
+                 what=f"step {step}'s checkpoint")
+        victim = _a_rank_of(proc)
+        processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        started = time.monotonic()
+        os.kill(victim.pid, sig)
+        out, _ = proc.communicate(timeout=300)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 1, out[-3000:]
+        (line,) = [x for x in out.splitlines() if x.startswith("prorl: error:")]
+        assert f"(pid {victim.pid})" in line and f"the latest checkpoint is step_{step:08d}" in line, line
+        assert "Traceback" not in out, out[-3000:]
+        _, alive = psutil.wait_procs(processes, timeout=20)
+        assert not alive, f"still running: {[(p.pid, p.name()) for p in alive]}"
+        assert CheckpointManager(run / "checkpoints", 2).latest() == run / "checkpoints" / f"step_{step:08d}"
+        return line, elapsed
+
+    line, elapsed = fails_when(1, signal.SIGSTOP)
+    assert "has shown no sign of life for 15 s" in line, line
+    assert elapsed < 15 + 45, elapsed
+    line, _ = fails_when(2, signal.SIGKILL)
+    assert "was killed by SIGKILL" in line, line
+    out = run_ok("train", config)
+    assert "resumed from" in out and "at step 2" in out
+    assert [r["step"] for r in records(run)] == [1, 2, 3]
 
 
 def _fake_checkpoint(root: Path, step: int) -> Path:
@@ -118,6 +243,25 @@ def test_damage_is_reported_with_the_file_and_the_newest_intact_checkpoint_taken
         (root / f"step_{step:08d}" / "trainer_state.json").write_text("{}")
     with pytest.raises(NoValidCheckpoint, match="no intact checkpoint to resume from"):
         CheckpointManager(root, 2).latest()
+
+
+def test_the_newest_complete_checkpoint_wins_over_a_lagging_pointer(tmp_path, caplog):
+    """Resuming (CheckpointManager) and every command that takes a run directory
+    (resolve_checkpoint: prorl-convert, prorl eval) take the newest complete checkpoint."""
+    from checkpoint_convert.checkpoint import resolve_checkpoint
+
+    root = tmp_path / "run" / "checkpoints"
+    for step in (1, 2, 3):
+        _fake_checkpoint(root, step)
+    (root / "latest").write_text("step_00000002\n")
+    assert CheckpointManager(root, 2).latest() == root / "step_00000003"
+    assert "latest names step_00000002, but step_00000003 is newer and complete" in caplog.text
+    for given in (root.parent, root, root / "latest"):
+        ckpt, how = resolve_checkpoint(given)
+        assert ckpt == root / "step_00000003" and "newer than step_00000002" in how, how
+    # a damaged newer one: resuming falls back to the newest intact one, as for any damage
+    (root / "step_00000003" / "trainer_state.json").write_text("{}")
+    assert CheckpointManager(root, 2).latest() == root / "step_00000002"
 
 
 def test_a_checkpoint_without_manifest_must_at_least_be_complete(tmp_path, caplog):
@@ -173,19 +317,9 @@ def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (mounting needs root): room for one tiny checkpoint, not two."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; the full-disk test needs a small disk")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); the full-disk test needs a small disk")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_disk(tmpfs):
+    """A 4 MiB tmpfs: room for one tiny checkpoint, not two."""
+    return tmpfs("4m")
 
 
 def test_a_full_disk_names_the_directory_and_keeps_the_previous_checkpoint(small_disk, tmp_path):

@@ -293,11 +293,9 @@ def test_cli_prints_paths_and_honours_out(tmp_path, capsys):
 
 
 def test_cli_errors_clearly_without_metrics(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path)])
-    assert exit_info.value.code == 2
+    assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "prorl plot: error: no metrics.jsonl in" in err and str(tmp_path) in err
+    assert err.startswith("prorl plot: error: no metrics.jsonl in") and str(tmp_path) in err and err.count("\n") == 1
 
 
 def test_plotting_a_run_does_not_import_torch():
@@ -305,3 +303,83 @@ def test_plotting_a_run_does_not_import_torch():
     code = "import sys, megatron_prorl.train.plot; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
+
+
+def _run_with_missing_domains(run_dir: Path) -> None:
+    """A two-domain run whose steps draw no logic prompt every third step (reward/logic and
+    accuracy/logic null there), one real divergence (kl null at step 7), and the events a run
+    has: a stage with its long settings text, a reset, a config change on resume, a second
+    stage with its reset."""
+    rng = np.random.default_rng(1)
+    with MetricsLogger(run_dir, FILES_ONLY, total_steps=60) as logger:
+        logger.log(0, {"val/score": 0.2, "val/pass@1/math": 0.3, "val/pass@1/logic": 0.1}, kind="val")
+        logger.log_event(1, "stage 8k: n=16 T=1.2 max_response_length=8192 kl_beta=0.001", category="stage")
+        for s in range(1, 61):
+            logic = float("nan") if s % 3 == 0 else 0.2 + rng.normal(0, 0.05)  # written as null
+            logger.log(s, {"reward/mean": 0.4, "reward/math": 0.5 + rng.normal(0, 0.05), "reward/logic": logic,
+                           "accuracy/math": 0.5, "accuracy/logic": logic, "kl": float("nan") if s == 7 else 0.01,
+                           "entropy": 0.5, "response_length/mean": 10, "response_length/max": 12,
+                           **{f"time/{t}": 0.1 * (i + 1) for i, t in enumerate(
+                               ("generation", "reward", "sleep", "reference", "training", "release", "wake", "sync"))},
+                           "time/step": 4.0, "tokens_per_s": 1000.0})
+            if s == 30:
+                logger.log_event(s, "reference reset: validation stalled for 3 validations", category="reset")
+            if s == 40:
+                logger.log_event(s, "config changed on resume: optim.lr 0.0003 -> 0.001", category="config")
+            if s == 45:
+                logger.log_event(s, "stage 16k: n=16 T=1.2 max_response_length=16384 kl_beta=0.001",
+                                 category="stage")
+                logger.log_event(s, "reference reset: stage 16k starts", category="reset")
+            if s % 20 == 0:
+                logger.log(s, {"val/score": 0.3, "val/pass@1/math": 0.4, "val/pass@1/logic": 0.2}, kind="val")
+
+
+def test_each_chart_from_a_run_with_missing_domains(tmp_path, monkeypatch):
+    """Every chart drawn, then read back from its figure after layout: a step without a
+    domain's prompts is a gap, not a NaN marker (the real NaN of kl is one); the time areas
+    have eight different colours; event labels are their kind in full; every text and legend
+    lies inside the figure, and no legend covers a label."""
+    import contextlib
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
+
+    from megatron_prorl.train import plot as plot_module
+
+    _run_with_missing_domains(tmp_path)
+    figures = {}
+    real = plot_module.figure
+
+    @contextlib.contextmanager
+    def keep(path, size):
+        with real(path, size) as fig:
+            yield fig
+        figures[Path(path).stem] = fig
+
+    monkeypatch.setattr(plot_module, "figure", keep)
+    written = plot_run(tmp_path)
+    assert sorted(figures) == sorted(p.stem for p in written) == sorted(
+        ["overview", "rewards", "validation", "entropy_kl", "length", "timing"])
+    for name, fig in figures.items():
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)  # the layout, as savefig ran it
+        inside = fig.bbox.padded(1)
+        for ax in fig.axes:
+            markers = [line.get_label() for line in ax.lines if line.get_label().endswith("(NaN/inf)")]
+            assert markers in ([], ["kl (NaN/inf)"]), (name, ax.get_title(), markers)
+            labels = [t for t in ax.texts if t.get_text().strip()]
+            if ax.get_visible() and ax.get_subplotspec().rowspan.start == 0:  # the top row is labelled
+                assert [t.get_text().strip() for t in labels] == [
+                    "stage 8k", "reference reset", "config changed on resume", "stage 16k / reference reset"], name
+            for text in labels:
+                box = text.get_window_extent(renderer)
+                assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), (name, text.get_text())
+            legend = ax.get_legend()
+            if legend is not None:
+                box = legend.get_window_extent(renderer)
+                assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), (name, ax.get_title())
+                assert not any(box.overlaps(t.get_window_extent(renderer)) for t in labels), (name, ax.get_title())
+            if ax.get_title() == "Time per step":
+                colors = [tuple(c.get_facecolor()[0]) for c in ax.collections if isinstance(c, PolyCollection)]
+                assert len(colors) == 8 and len(set(colors)) == 8, colors
+        assert any(ax.get_title() == "KL to reference" for ax in fig.axes) == (name in ("overview", "entropy_kl"))
