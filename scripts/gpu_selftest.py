@@ -88,6 +88,8 @@ def bench_output_rows(script: str, returncode: int, output: str) -> list[Row]:
 def _note(record: dict) -> str:
     """What a measured row needs said beside its figures."""
     notes = [record["spec"]] if record.get("spec") else []
+    if record.get("plan_ratio") is not None:  # bench_memory_plan: the memory plan against the measurement
+        notes.append(f"plan / measured {record['plan_ratio']:.2f}")
     if "mfu" in record and record["mfu"] is None:
         notes.append(f"MFU n/a: no peak for {record.get('device')} ({record.get('model_tflops', 0):.0f} model TFLOP/s)")
     if record.get("peak_memory_gib") is None and "device_used_gib" in record:

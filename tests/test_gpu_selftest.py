@@ -22,6 +22,8 @@ GPU_TESTS = {  # every test under tests/gpu, by name
     "test_gpu_megatron.py::test_policy_on_cuda_matches_cpu_fp32_and_trains[local-bf16]",
     "test_gpu_megatron.py::test_policy_on_cuda_matches_cpu_fp32_and_trains[te-bf16]",
     "test_gpu_megatron.py::test_policy_on_cuda_matches_cpu_fp32_and_trains[te-fp8]",
+    "test_gpu_megatron.py::test_packed_thd_rows_on_cuda_match_cpu_fp32[local-bf16]",
+    "test_gpu_megatron.py::test_packed_thd_rows_on_cuda_match_cpu_fp32[te-bf16]",
     "test_gpu_rollout.py::test_weight_sync_on_cuda_is_bit_exact",
     "test_gpu_rollout.py::test_transformers_engine_on_cuda_samples_what_the_trainer_recomputes",
     "test_gpu_rollout.py::test_transformers_engine_sleep_releases_its_memory",
@@ -94,6 +96,8 @@ def test_the_table_is_assembled_from_the_reports(runs, capsys):
     common.emit({"bench": "rollout", "name": "rollout tensorrt_llm", "tokens_per_s": 20000.0, "peak_memory_gib": None,
                  "device_used_gib": 75.04})
     common.emit({"bench": "weight_sync", "name": "weight sync policy -> transformers", "sync_s": 0.0517})
+    common.emit({"bench": "memory_plan", "name": "update peak vs plan (transformers, long)", "plan_ratio": 1.0312,
+                 "spec": "token budgets 6144/12288, packed, log-prob chunks of 1024", "peak_memory_gib": 41.5})
     printed = "a human-readable line\n" + capsys.readouterr().out
     crashed = "Traceback (...)\nRuntimeError: CUDA out of memory"
     rows = (selftest.junit_rows(runs["junit"]) + selftest.bench_output_rows("bench/gpu/bench_policy_mfu.py", 0, printed)
@@ -113,6 +117,9 @@ def test_the_table_is_assembled_from_the_reports(runs, capsys):
     assert cells("rollout tensorrt_llm") == ["passed", "20,000", "memory", "in", "the", "engine's", "workers:", "75.0",
                                              "GiB", "in", "use", "on", "the", "device"]
     assert cells("weight sync policy -> transformers") == ["passed", "0.052"]
+    assert cells("update peak vs plan (transformers, long)") == [
+        "passed", "41.5", "token", "budgets", "6144/12288,", "packed,", "log-prob", "chunks", "of", "1024;", "plan", "/",
+        "measured", "1.03"]
     assert cells("bench/gpu/bench_rollout.py") == ["failed", "exit", "status", "1:", "RuntimeError:", "CUDA", "out",
                                                    "of", "memory"]
     assert cells("bench/gpu/bench_weight_sync.py") == ["failed", "printed", "no", "BENCH_JSON", "result"]

@@ -2,21 +2,29 @@
 the first GPU run checks the memory model (megatron_prorl/plan/memory.py).
 
     python bench/gpu/bench_memory_plan.py [--prompt 1024 --response 2048 --prompts 2 --n 4
-                                          --micro-batch 1 --no-recompute --engines transformers]
+                                          --micro-batch 1 --chunk 1024 --no-recompute
+                                          --engines transformers --setups fixed,long]
 
 The trainer's own pieces in the order of Trainer.train_step, twice (the second step is measured:
 the first allocates Adam's states and Megatron's buffers): the rollout engine generates (random
 prompts, DeepSeek-R1-Distill-Qwen-1.5B's shapes with random weights, bf16, TP1), sleeps; the
 PolicyActor computes old and reference log-probs (reference offloaded) and runs the mini-batch
-update; the engine wakes and takes the weights (WeightSync). Per phase: torch.cuda.max_memory_allocated
-after torch.cuda.reset_peak_memory_stats (the trainer process's tensors, and the transformers
-engine's, which lives in it), max_memory_reserved (what its caching allocator holds), and the
-plan's prediction for the same config without the runtime constants (no CUDA context, no
-allocator cache: allocated bytes only). TensorRT-LLM's memory lives in its worker processes, so
-for it the device-wide used bytes (mem_get_info) after each phase are recorded beside the plan's
-full prediction (with the runtime constants). And the CUDA context and libraries of this process
-(device used bytes minus memory_reserved once the actor is built, before any engine) beside the
-plan's TRAINER_RUNTIME_BYTES.
+update; the engine wakes and takes the weights (WeightSync). Two setups of the trainer's
+micro-batches: ``fixed`` (--micro-batch rows, whole log-probs) and ``long``, the long-sequence
+knobs at configs/prorl_1p5b_4node.yaml's ratios: token budgets of twice (update) and four times
+(log-prob passes) the longest sequence, packed rows, log-probs in chunks of --chunk tokens (the
+terms they change are the trainer's, whatever the engine: ``long`` runs with the first engine
+that can run).
+
+Per phase: torch.cuda.max_memory_allocated after torch.cuda.reset_peak_memory_stats (the
+trainer process's tensors, and the transformers engine's, which lives in it),
+max_memory_reserved (what its caching allocator holds), and the plan's prediction for the same
+config without the runtime constants (no CUDA context, no allocator cache: allocated bytes
+only). TensorRT-LLM's memory lives in its worker processes, so for it the device-wide used bytes
+(mem_get_info) after each phase are recorded beside the plan's full prediction (with the runtime
+constants). And the CUDA context and libraries of this process (device used bytes minus
+memory_reserved once the actor is built, before any engine) beside the plan's
+TRAINER_RUNTIME_BYTES.
 Without CUDA it prints "no CUDA device" and exits.
 """
 
@@ -33,7 +41,10 @@ GiB = 1 << 30
 TEMPERATURE = 1.2
 
 
-def _config(args, engine_name: str, hf_dir: str):
+SETUPS = ("fixed", "long")
+
+
+def _config(args, engine_name: str, hf_dir: str, setup: str):
     from megatron_prorl.config import ProRLConfig, StageConfig
 
     cfg = ProRLConfig()
@@ -41,6 +52,12 @@ def _config(args, engine_name: str, hf_dir: str):
     cfg.model.recompute_activations, cfg.model.offload_reference = not args.no_recompute, True
     cfg.batch.prompts_per_step = cfg.batch.prompts_per_mini_batch = args.prompts
     cfg.batch.micro_batch_size = args.micro_batch
+    if setup == "long":  # configs/prorl_1p5b_4node.yaml: 36,864 and 73,728 tokens for 18,432-token rows
+        longest = -(-(args.prompt + args.response) // 8) * 8
+        cfg.batch.max_tokens_per_micro_batch = 2 * longest
+        cfg.batch.max_tokens_per_logprob_micro_batch = 4 * longest
+        cfg.batch.pack_sequences = True
+        cfg.model.logprob_chunk_tokens = args.chunk
     cfg.rollout.engine, cfg.rollout.n = engine_name, args.n
     cfg.rollout.max_prompt_length, cfg.rollout.max_response_length = args.prompt, args.response
     cfg.trainer.generation_chunks = 1
@@ -60,10 +77,11 @@ def _predicted(cfg, arch, runtime: bool) -> dict:
                     fused_adam=any(importlib.util.find_spec(m) is not None for m in ("transformer_engine", "apex")),
                     runtime_overheads=runtime)
     (_, inputs), = stage_inputs(cfg, Shape.of(arch), target)
-    return {name: p.peak for name, p in phases(inputs).items()}
+    # Two steps of rows at one length (random weights rarely sample EOS): one RoPE table per model.
+    return {name: p.peak for name, p in phases(inputs.with_(rope_tables=2)).items()}
 
 
-def _step(args, engine_name: str) -> dict:
+def _step(args, engine_name: str, setup: str = "fixed") -> dict:
     from checkpoint_convert.arch import hf_arch
     from megatron_prorl.runtime import device
     from megatron_prorl.train.actor import PolicyActor
@@ -76,7 +94,7 @@ def _step(args, engine_name: str) -> dict:
     arch = hf_arch(hf_config)
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         hf_dir = str(write_random_hf_dir(Path(tmp) / "model", hf_config))
-        cfg = _config(args, engine_name, hf_dir)
+        cfg = _config(args, engine_name, hf_dir, setup)
         init_distributed(cfg.parallel)
         actor = PolicyActor(cfg, arch)
         free, total = torch.cuda.mem_get_info()
@@ -116,11 +134,19 @@ def _step(args, engine_name: str) -> dict:
             phase("wake", lambda: (engine.wake(), sync()))
         engine.shutdown()
         sync.close()
-        out = {"measured": measured, "predicted": _predicted(cfg, arch, runtime=False),
+        out = {"measured": measured, "setup": _describe(cfg), "predicted": _predicted(cfg, arch, runtime=False),
                "predicted_with_runtime": _predicted(cfg, arch, runtime=True), "runtime_bytes": runtime,
                "device": torch.cuda.get_device_name(), "seq_len": batch.input_ids.shape[1]}
     shutdown_distributed()
     return out
+
+
+def _describe(cfg) -> str:
+    b = cfg.batch
+    if b.max_tokens_per_micro_batch is None:
+        return f"micro-batches of {b.micro_batch_size} rows, whole log-probs"
+    return (f"token budgets {b.max_tokens_per_micro_batch}/{b.max_tokens_per_logprob_micro_batch}"
+            f"{', packed' if b.pack_sequences else ''}, log-prob chunks of {cfg.model.logprob_chunk_tokens}")
 
 
 def main() -> None:
@@ -130,41 +156,55 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=1024, help="model.logprob_chunk_tokens of the long setup")
     ap.add_argument("--no-recompute", action="store_true")
     ap.add_argument("--engines", default="transformers,tensorrt_llm")
+    ap.add_argument("--setups", default=",".join(SETUPS), help="fixed, long or both (see above)")
     args = ap.parse_args()
+    setups = args.setups.split(",")
+    if not set(setups) <= set(SETUPS):
+        ap.error(f"--setups={args.setups!r}: expected a comma-separated subset of {','.join(SETUPS)}")
     require_cuda()
     from megatron_prorl.runtime.launch import spawn
-    from megatron_prorl.plan.memory import TRAINER_RUNTIME_BYTES
 
     print(f"{torch.cuda.get_device_name()}: R1-Distill-Qwen-1.5B shapes, bf16, TP1, {args.prompts} prompts x "
-          f"{args.n}, {args.prompt}+{args.response} tokens, micro-batch {args.micro_batch}, "
-          f"recompute {'off' if args.no_recompute else 'on'}")
-    print(f"{'engine':13} {'phase':10} {'allocated':>10} {'plan':>8} {'ratio':>6} {'reserved':>9} {'device used':>11} "
-          f"{'plan+runtime':>12}  (GiB)")
+          f"{args.n}, {args.prompt}+{args.response} tokens, recompute {'off' if args.no_recompute else 'on'}")
+    print(f"{'engine':13} {'setup':6} {'phase':10} {'allocated':>10} {'plan':>8} {'ratio':>6} {'reserved':>9} "
+          f"{'device used':>11} {'plan+runtime':>12}  (GiB)")
+    runnable = []
     for engine_name, missing in engines(args.engines.split(",")).items():
         if missing:
             print(f"{engine_name:13} skipped: {missing}")
             emit({"bench": "memory_plan", "name": f"memory plan vs measured ({engine_name})", "skipped": missing})
-            continue
-        r = spawn(_step, 1, args, engine_name, timeout=3600)[0]
-        for name, m in r["measured"].items():
-            predicted, full = r["predicted"][name], r["predicted_with_runtime"][name]
-            # TensorRT-LLM's engine memory is outside this process: compare the device's used bytes.
-            seen = m["device_used"] if engine_name == "tensorrt_llm" else m["allocated"]
-            expected = full if engine_name == "tensorrt_llm" else predicted
-            print(f"{engine_name:13} {name:10} {m['allocated'] / GiB:>10.2f} {predicted / GiB:>8.2f} "
-                  f"{expected / seen:>6.2f} {m['reserved'] / GiB:>9.2f} {m['device_used'] / GiB:>11.2f} "
-                  f"{full / GiB:>12.2f}", flush=True)
-            emit({"bench": "memory_plan", "name": f"{name} peak vs plan ({engine_name})", "engine": engine_name,
-                  "phase": name, "peak_memory_gib": m["allocated"] / GiB, "reserved_gib": m["reserved"] / GiB,
-                  "device_used_gib": m["device_used"] / GiB, "plan_gib": predicted / GiB,
-                  "plan_with_runtime_gib": full / GiB, "plan_ratio": expected / seen, "seq_len": r["seq_len"],
-                  "device": r["device"]})
-        print(f"{engine_name:13} CUDA context and libraries of the trainer process: {r['runtime_bytes'] / GiB:.2f} GiB "
-              f"(the plan assumes {TRAINER_RUNTIME_BYTES / GiB:.2f})")
-        emit({"bench": "memory_plan", "name": f"trainer runtime bytes ({engine_name})", "engine": engine_name,
-              "runtime_gib": r["runtime_bytes"] / GiB, "plan_gib": TRAINER_RUNTIME_BYTES / GiB})
+        else:
+            runnable.append(engine_name)
+    for engine_name in runnable:
+        for setup in setups:
+            if setup == "long" and engine_name != runnable[0]:
+                continue  # the trainer's terms: one engine is enough
+            _report(engine_name, setup, spawn(_step, 1, args, engine_name, setup, timeout=3600)[0])
+
+
+def _report(engine_name: str, setup: str, r: dict) -> None:
+    from megatron_prorl.plan.memory import TRAINER_RUNTIME_BYTES
+
+    for name, m in r["measured"].items():
+        predicted, full = r["predicted"][name], r["predicted_with_runtime"][name]
+        # TensorRT-LLM's engine memory is outside this process: compare the device's used bytes.
+        seen = m["device_used"] if engine_name == "tensorrt_llm" else m["allocated"]
+        expected = full if engine_name == "tensorrt_llm" else predicted
+        print(f"{engine_name:13} {setup:6} {name:10} {m['allocated'] / GiB:>10.2f} {predicted / GiB:>8.2f} "
+              f"{expected / seen:>6.2f} {m['reserved'] / GiB:>9.2f} {m['device_used'] / GiB:>11.2f} "
+              f"{full / GiB:>12.2f}", flush=True)
+        emit({"bench": "memory_plan", "name": f"{name} peak vs plan ({engine_name}, {setup})", "engine": engine_name,
+              "setup": setup, "spec": r["setup"], "phase": name, "peak_memory_gib": m["allocated"] / GiB,
+              "reserved_gib": m["reserved"] / GiB, "device_used_gib": m["device_used"] / GiB,
+              "plan_gib": predicted / GiB, "plan_with_runtime_gib": full / GiB, "plan_ratio": expected / seen,
+              "seq_len": r["seq_len"], "device": r["device"]})
+    print(f"{engine_name:13} {setup:6} CUDA context and libraries of the trainer process: "
+          f"{r['runtime_bytes'] / GiB:.2f} GiB (the plan assumes {TRAINER_RUNTIME_BYTES / GiB:.2f})")
+    emit({"bench": "memory_plan", "name": f"trainer runtime bytes ({engine_name}, {setup})", "engine": engine_name,
+          "setup": setup, "runtime_gib": r["runtime_bytes"] / GiB, "plan_gib": TRAINER_RUNTIME_BYTES / GiB})
 
 
 if __name__ == "__main__":

@@ -8,11 +8,8 @@ from dataclasses import dataclass
 from checkpoint_convert.arch import hf_arch, read_hf_config
 from megatron_prorl import builtin
 from megatron_prorl.config import ConfigError, ProRLConfig
-from megatron_prorl.plan.memory import (ENGINE_RUNTIME_BYTES, TRAINER_RUNTIME_BYTES, GiB, Inputs, MiB, Shape,
-                                        pad_to)
-
-# megatron_prorl/train/batch.py from_sequences pads every row to a multiple of 8 tokens.
-ROW_MULTIPLE = 8
+from megatron_prorl.plan.memory import (ENGINE_RUNTIME_BYTES, ROW_MULTIPLE, TRAINER_RUNTIME_BYTES, GiB, Inputs, MiB,
+                                        Shape, pad_to)
 # H100 SXM 80 GB as NVML reports it (81,559 MiB; nvidia-smi's "Total").
 H100_80GB = 81559 * MiB
 
@@ -28,12 +25,6 @@ class Target:
     transformer_engine: bool = True  # model.transformer_impl "auto" -> TE
     fused_adam: bool = True          # megatron-core picks TE/Apex FusedAdam when importable
     runtime_overheads: bool = True   # count CUDA contexts and the caching allocator's blocks
-
-
-def _future(section, key: str, default=None):
-    """A knob issue 22 adds (batch.max_tokens_per_micro_batch, batch.pack_sequences,
-    model.logprob_chunk_tokens): its value once the config has it."""
-    return getattr(section, key, default)
 
 
 def stage_inputs(cfg: ProRLConfig, shape: Shape, target: Target) -> list[tuple[str, Inputs]]:
@@ -71,9 +62,10 @@ def stage_inputs(cfg: ProRLConfig, shape: Shape, target: Target) -> list[tuple[s
             seq_len=pad_to(r.max_prompt_length + st.max_response_length, ROW_MULTIPLE),
             prompt_len=r.max_prompt_length, response_len=st.max_response_length,
             rows=rows, mini_batch_rows=rows // updates, micro_batch_rows=b.micro_batch_size,
-            max_tokens_per_micro_batch=_future(b, "max_tokens_per_micro_batch"),
-            pack_sequences=bool(_future(b, "pack_sequences", False)),
-            logprob_chunk_tokens=_future(m, "logprob_chunk_tokens"),
+            max_tokens_per_micro_batch=b.max_tokens_per_micro_batch,
+            max_tokens_per_logprob_micro_batch=b.max_tokens_per_logprob_micro_batch,
+            pack_sequences=b.pack_sequences, logprob_chunk_tokens=m.logprob_chunk_tokens,
+            entropy_grad=cfg.algo.entropy_coef != 0,
             engine=engine, engine_tp=r.engine_tensor_parallel_size, engine_bytes=param_bytes,
             sleep=r.sleep_during_training, kv_fraction=r.kv_cache_memory_fraction,
             kv_max_bytes=r.kv_cache_max_bytes, engine_rows=min(per_call_rows, rows),

@@ -13,7 +13,7 @@ A colocated RL step has four memory phases on each GPU (trainer.py ``train_step`
 
 Each term is a function of explicit parameters and names the source of its formula. The
 counts of live tensors in the log-prob and loss path and in the local layer spec were read off
-the code named at each function and checked by ``tests/plan/test_memory_validation.py``, which
+the code named at each function and checked by ``tests/plan/test_plan_memory_validation.py``, which
 runs the real trainer step on a simulated device and compares every phase's measured peak with
 these formulas (fp32 on CPU; the same formulas take the dtype's bytes).
 
@@ -35,6 +35,9 @@ PHASES = ("generation", "logprobs", "update", "wake")
 # Megatron pads the vocabulary to a multiple of 128 x TP (Megatron-LM --make-vocab-size-divisible-by,
 # default 128; checkpoint_convert/arch.py VOCAB_DIVISIBLE_BY).
 VOCAB_DIVISIBLE_BY = 128
+# megatron_prorl/train/batch.py (ROW_MULTIPLE) makes every row the model sees a multiple of 8
+# tokens long, a packed row and a token budget included.
+ROW_MULTIPLE = 8
 
 # What no formula gives: each process with a CUDA context on the GPU costs memory outside the
 # caching allocator (CUDA context and module images, cuBLAS workspaces, NCCL communicator buffers).
@@ -47,6 +50,10 @@ ENGINE_RUNTIME_BYTES = 2 * GiB    # a TensorRT-LLM worker process: context, NCCL
 # forward (its KV-size estimation runs one) takes max_num_tokens tokens; max_batch_size requests.
 TRTLLM_MAX_NUM_TOKENS = 8192
 TRTLLM_MAX_BATCH_SIZE = 2048
+
+# megatron-core 0.16.1 models/common/embeddings/rotary_pos_embedding.py: RotaryEmbedding.forward
+# is ``@lru_cache(maxsize=32)``, keyed by the module and the length.
+ROPE_CACHE_SIZE = 32
 
 
 def pad_to(x: int, multiple: int) -> int:
@@ -105,11 +112,18 @@ class Inputs:
     rows: int = 16                    # sequences per step on this rank (prompts x n)
     mini_batch_rows: int = 16
     micro_batch_rows: int = 1
-    # Issue 22's knobs: a token budget per micro-batch (replaces micro_batch_rows x seq_len),
-    # packed rows (one row of up to the budget), chunked log-probs (fp32 copies per chunk).
+    # Long sequences (train/batch.py, models/logprobs.py): a token budget per micro-batch of the
+    # update (replaces micro_batch_rows x seq_len) and of the log-prob passes (None: the
+    # update's), packed rows (one row of up to the budget), chunked log-probs (fp32 copies per
+    # chunk); the entropy bonus (algo.entropy_coef != 0) differentiates the entropy too.
     max_tokens_per_micro_batch: Optional[int] = None
+    max_tokens_per_logprob_micro_batch: Optional[int] = None
     pack_sequences: bool = False
     logprob_chunk_tokens: Optional[int] = None
+    entropy_grad: bool = False
+    # RoPE tables cached by the models over a run (megatron-core's lru_cache holds 32): every
+    # distinct row length adds one (a run with exactly one length per model has 2).
+    rope_tables: int = ROPE_CACHE_SIZE
     # The rollout engine on this GPU (the model-parallel group's first rank holds it).
     engine: str = "tensorrt_llm"      # or "transformers"
     engine_here: bool = True
@@ -199,22 +213,72 @@ def adam_bytes(params: int, dp: int, distributed: bool) -> int:
 
 # ------------------------------------------------------------------------ activations
 
-def micro_batch(inp: Inputs) -> tuple[int, int]:
-    """(rows b, row length s) of the largest micro-batch. Fixed micro-batches: micro_batch_rows
-    rows of the stage's longest sequence; a token budget (issue 22): as many whole rows as fit,
-    or one packed row of up to the budget."""
-    s = inp.seq_len
-    if inp.max_tokens_per_micro_batch is None:
-        return inp.micro_batch_rows, s
-    budget = max(inp.max_tokens_per_micro_batch, s)
-    if inp.pack_sequences:
-        return 1, budget
-    return budget // s, s
+@dataclass(frozen=True)
+class MicroBatch:
+    """The largest micro-batch of a pass as megatron_prorl/train/batch.py forms it: ``rows`` rows
+    of ``width`` tokens, and the attention calls one layer makes on it as (rows, tokens) pairs: one
+    ``[rows, width]`` call for padded rows; for a packed row one call per sequence (the local spec
+    runs each sequence alone, models/attention.py; Transformer Engine's THD attention confines
+    each to its cu_seqlens), so its quadratic terms are the sequences' squares, not the row's."""
+
+    rows: int
+    width: int
+    calls: tuple[tuple[int, int], ...]
+    sequences: int  # sequences in the micro-batch (its rows, or a packed row's sequences)
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.width
+
+    @property
+    def squares(self) -> int:
+        """Sum over the calls of rows x length^2: the elements of the [b, a/t, s, s] scores per head."""
+        return sum(b * s * s for b, s in self.calls)
+
+    @property
+    def largest_call(self) -> int:
+        return max(b * s * s for b, s in self.calls)
+
+    @property
+    def masks(self) -> int:
+        """Bytes of the causal masks, one [s, s] bool per call (local spec)."""
+        return sum(s * s for _, s in self.calls)
 
 
-def layer_activation_bytes(spec: str, b: int, s: int, h: int, f: int, a: int, g: int, d: int, tp: int,
+def micro_batch(inp: Inputs, logprob_pass: bool = False) -> MicroBatch:
+    """The largest micro-batch of the log-prob passes or of the update, every sequence at the
+    stage's longest (prompt + response) ``L`` (train/actor.py ``_micro_batches``,
+    train/batch.py):
+
+    - fixed (no token budget): ``micro_batch_rows`` rows as wide as the batch (padding rows
+      included: ``micro_batches`` pads the batch to a multiple of the size);
+    - token budget (``max_tokens_per_micro_batch``; the log-prob passes use
+      ``max_tokens_per_logprob_micro_batch`` when it is set): as many rows of ``L`` (rounded up
+      to 8) as fit, at most the rows the pass has (the whole batch for log-probs, a mini-batch
+      for the update);
+    - packed: one row of up to the budget (rounded up to 8; a budget is a multiple of 8):
+      the worst case of first-fit decreasing is a full row, ``budget // L`` whole sequences and
+      a shorter one in the rest."""
+    s, length = inp.seq_len, inp.prompt_len + inp.response_len
+    budget = inp.max_tokens_per_micro_batch
+    if logprob_pass and inp.max_tokens_per_logprob_micro_batch is not None:
+        budget = inp.max_tokens_per_logprob_micro_batch
+    available = inp.rows if logprob_pass else inp.mini_batch_rows
+    if budget is None:
+        return MicroBatch(inp.micro_batch_rows, s, ((inp.micro_batch_rows, s),), inp.micro_batch_rows)
+    budget = max(budget, s)
+    if not inp.pack_sequences:
+        b = max(1, min(budget // s, available))
+        return MicroBatch(b, s, ((b, s),), b)
+    row = min(budget, pad_to(available * length, ROW_MULTIPLE))
+    whole, rest = divmod(row, length)
+    calls = ((1, length),) * whole + (((1, rest),) if rest else ())
+    return MicroBatch(1, row, calls, whole + (1 if rest else 0))
+
+
+def layer_activation_bytes(spec: str, mb: MicroBatch, h: int, f: int, a: int, g: int, d: int, tp: int,
                            sp: bool, dtype_bytes: int) -> int:
-    """Bytes one transformer layer keeps for its backward, per micro-batch of b rows of s tokens.
+    """Bytes one transformer layer keeps for its backward, per micro-batch ``mb``.
 
     ``local`` (megatron-core 0.16.1 get_gpt_layer_local_spec, read off its autograd graph): per
     token 6h (each RMSNorm keeps its input and normalised input, each following linear its input:
@@ -222,11 +286,11 @@ def layer_activation_bytes(spec: str, b: int, s: int, h: int, f: int, a: int, g:
     (DotProductAttention: the reshaped query, repeat_interleave'd K and V, the context fed to
     linear_proj), 5 f / t (MLP.glu: fc1's output, ``x_linear + glu_linear_offset``, silu's output,
     fc2's input) and the two norms' rstd (with a = g, no repeat_interleave: K is the RoPE output
-    and V a view of the fused QKV output, kept whole, 6 a d / t instead of 4); the softmax output,
-    a s / t per token (the unfused
-    [b, a/t, s, s] probabilities), and the causal mask [s, s] bool it was masked with; RoPE's cos
-    and sin for q and k, [s, d] each (rope_utils: ``t * cos`` saves only cos). Dropout with p=0
-    keeps nothing.
+    and V a view of the fused QKV output, kept whole, 6 a d / t instead of 4); per attention call
+    the softmax output ([b, a/t, s, s] probabilities: a/t per square) and the causal mask [s, s]
+    bool it was masked with; RoPE's cos and sin for q and k, [width, d] each (rope_utils: ``t *
+    cos`` saves only cos; a packed row's are gathered per sequence, as many rows as tokens).
+    Dropout with p=0 keeps nothing.
 
     ``transformer_engine``: Korthikanti et al. 2022 (arXiv 2205.05198, Table 2) as Megatron-LM
     core_v0.16.1 megatron/training/theoretical_memory_usage.py implements it, in bytes for 16-bit
@@ -234,35 +298,63 @@ def layer_activation_bytes(spec: str, b: int, s: int, h: int, f: int, a: int, g:
     parallelism ``s b h (18 + 4 f / h) / t`` (compute_activation_memory), without
     ``s b h (10 + 24 / t)`` (compute_activation_memory_without_sp).
     """
-    tokens = b * s
+    tokens = mb.tokens
     if spec == "local":
         attention = (4 if g < a else 6) * a * d // tp
-        elements = tokens * (6 * h + attention + 5 * f // tp + 2) + b * (a // tp) * s * s + 4 * s * d
-        return elements * dtype_bytes + s * s
+        elements = tokens * (6 * h + attention + 5 * f // tp + 2) + (a // tp) * mb.squares + 4 * mb.width * d
+        return elements * dtype_bytes + mb.masks
     if sp:
         return int(tokens * h * (18 + 4 * f / h) / tp * dtype_bytes / 2)
     return int(tokens * h * (10 + 24 / tp) * dtype_bytes / 2)
 
 
-def layer_backward_peak_bytes(spec: str, b: int, s: int, h: int, f: int, a: int, g: int, d: int, tp: int,
-                               sp: bool, dtype_bytes: int) -> int:
+def layer_backward_peak_bytes(spec: str, mb: MicroBatch, h: int, f: int, a: int, g: int, d: int, tp: int,
+                              sp: bool, dtype_bytes: int) -> int:
     """One layer's largest moment in its backward: what it keeps plus the gradients it creates.
 
-    ``local`` (measured on the simulated device, tests/plan/test_memory_validation.py): the
+    ``local`` (measured on the simulated device, tests/plan/test_plan_memory_validation.py): the
     attention backward, after the MLP's tensors are freed, holds the layer's attention part
-    (3h + 4 a d / t per token, the probabilities, the mask, cos/sin) and three more [b, a/t, s, s]
-    tensors (the gradients of the probabilities and the scores, and masked_fill's masked
-    gradient); the MLP backward holds the whole layer plus the gradients of fc1's output and of
-    the activation (3 f / t per token). ``transformer_engine``: no s^2 tensors; we take the layer's
-    activations once more for its gradients (an assumption the GPU benchmark checks)."""
-    whole = layer_activation_bytes(spec, b, s, h, f, a, g, d, tp, sp, dtype_bytes)
+    (3h + 4 a d / t per token, every call's probabilities and mask, cos/sin) and three more
+    [b, a/t, s, s] tensors of the call it is in (the gradients of the probabilities and the
+    scores, and masked_fill's masked gradient); the MLP backward holds the whole layer plus the
+    gradients of fc1's output and of the activation (3 f / t per token). ``transformer_engine``:
+    no s^2 tensors; we take the layer's activations once more for its gradients (an assumption
+    the GPU benchmark checks)."""
+    whole = layer_activation_bytes(spec, mb, h, f, a, g, d, tp, sp, dtype_bytes)
     if spec != "local":
         return 2 * whole
-    tokens = b * s
-    probs = b * (a // tp) * s * s * dtype_bytes
-    attention = (tokens * (3 * h + 4 * a * d // tp + 2) + 4 * s * d) * dtype_bytes + 4 * probs + s * s
+    tokens = mb.tokens
+    attention = ((tokens * (3 * h + 4 * a * d // tp + 2) + 4 * mb.width * d
+                  + (a // tp) * (mb.squares + 3 * mb.largest_call)) * dtype_bytes + mb.masks)
     mlp = whole + tokens * 3 * f // tp * dtype_bytes
     return max(attention, mlp)
+
+
+def layer_forward_bytes(spec: str, mb: MicroBatch, h: int, f: int, a: int, g: int, d: int, tp: int,
+                        dtype_bytes: int) -> int:
+    """A layer's largest moment in a forward without autograd (the log-prob passes): the layer's
+    input and what it computes from it, freed as it goes.
+
+    ``local`` (megatron-core 0.16.1, measured on the simulated device): in the attention, at the
+    context's permute, the layer input, the normalised input and one more [s, b, h], the fused QKV
+    output, the reshaped and the rotated query, the rotated key, K and V repeated per query head
+    (GQA only), the context and its permuted copy, and the call's scores and probabilities (two
+    [b, a/t, s, s]); in the MLP, at ``glu``'s product, four [s, b, h] and fc1's output (2f / t)
+    with silu's output, ``x_linear + offset`` and the product (f / t each). ``transformer_engine``:
+    an estimate (flash attention, fused SwiGLU): the MLP's three [s, b, h] with fc1's output and
+    the activation, 3h + 3f / t per token; the GPU benchmark checks it."""
+    tokens = mb.tokens
+    if spec != "local":
+        return tokens * (3 * h + 3 * f // tp) * dtype_bytes
+    heads = (a + 2 * g) * d // tp + (6 if g < a else 4) * a * d // tp + g * d // tp
+    attention = tokens * (3 * h + heads) + 2 * (a // tp) * mb.largest_call
+    mlp = tokens * (4 * h + 5 * f // tp)
+    return max(attention, mlp) * dtype_bytes
+
+
+def _layer_args(inp: Inputs, mb: MicroBatch) -> tuple:
+    s_ = inp.shape
+    return (inp.spec, mb, s_.hidden, s_.ffn, s_.heads, s_.kv_heads, s_.head_dim, inp.tp)
 
 
 def activation_bytes(inp: Inputs, pp_rank: int = 0) -> dict[str, int]:
@@ -277,16 +369,16 @@ def activation_bytes(inp: Inputs, pp_rank: int = 0) -> dict[str, int]:
     input and output (3 s b h). With PP > 1 the first stage holds min(pp, micro-batches)
     micro-batches in flight (theoretical_memory_usage.py)."""
     s_ = inp.shape
-    b, s = micro_batch(inp)
+    mb = micro_batch(inp)
     d = inp.param_bytes
     layers = s_.layers // inp.pp
-    args = (inp.spec, b, s, s_.hidden, s_.ffn, s_.heads, s_.kv_heads, s_.head_dim, inp.tp, inp.sequence_parallel, d)
+    args = (*_layer_args(inp, mb), inp.sequence_parallel, d)
     per_layer = layer_activation_bytes(*args)
     backward = layer_backward_peak_bytes(*args)
-    layer_input = b * s * s_.hidden // (inp.tp if inp.sequence_parallel else 1) * d
+    layer_input = mb.tokens * s_.hidden // (inp.tp if inp.sequence_parallel else 1) * d
     last = pp_rank == inp.pp - 1
-    final_norm = 3 * b * s * s_.hidden * d if last else 0
-    n_micro = max(1, inp.mini_batch_rows // b)
+    final_norm = 3 * mb.tokens * s_.hidden * d if last else 0
+    n_micro = max(1, -(-inp.mini_batch_rows // mb.sequences))
     in_flight = min(inp.pp - pp_rank, n_micro)
     if inp.recompute:
         kept = layers * layer_input * in_flight
@@ -297,40 +389,67 @@ def activation_bytes(inp: Inputs, pp_rank: int = 0) -> dict[str, int]:
 
 # --------------------------------------------------------------- logits and log-probs
 
-# Copies of a micro-batch's logits [tokens, V/t] alive at the peak of
-# megatron_prorl/models/logprobs.py vocab_parallel_logprobs(with_entropy=True), in fp32, besides
-# the model's own output (in the parameter dtype): the scaled-and-masked logits, ``shifted``,
-# ``probs``, the padding-zeroed ``shifted`` and their product in ``p_logit``; with autograd also
-# ``shifted.exp()`` (saved for the backward instead of being freed).
+# fp32 copies of a micro-batch's logits [tokens, V/t] alive at the peak of
+# megatron_prorl/models/logprobs.py vocab_parallel_logprobs(with_entropy=True) (no chunking),
+# besides the model's own output (in the parameter dtype): the scaled-and-masked logits,
+# ``shifted``, ``probs``, the padding-zeroed ``shifted`` and their product in ``p_logit``; with
+# autograd also ``shifted.exp()`` (saved for the backward instead of being freed).
 LOGPROB_FP32_COPIES_NO_GRAD = 5
 LOGPROB_FP32_COPIES_GRAD = 6
+# Chunk-sized fp32 tensors alive at the peak of models/logprobs.py _ChunkedLogprobs, read off
+# its code. Forward (with or without autograd: a Function's forward records nothing): ``shifted``,
+# ``e``, the padding-zeroed ``shifted`` and their product. Backward: from the second chunk on,
+# the previous chunk's ``p`` and ``g`` are still bound while the loop computes ``shifted``,
+# ``log_p`` and the new ``p`` (5; 4 when there is one chunk); with the entropy's gradient
+# (algo.entropy_coef != 0) the entropy term's temporaries make it 6 (from the first chunk). The
+# logits' gradient is written into one whole [tokens, V/t] tensor in the parameter dtype.
+CHUNK_FP32_COPIES_FORWARD = 4
+CHUNK_FP32_COPIES_BACKWARD = 5
+CHUNK_FP32_COPIES_BACKWARD_ENTROPY = 6
 
 
 def logits_bytes(inp: Inputs, grad: bool) -> int:
-    """The peak of the vocabulary-sized tensors of one micro-batch: the output layer's logits in
-    the parameter dtype ([b, s, V/t], GPTModel transposes them to batch-first, a contiguous copy
-    the [s, b, V/t] original is freed for) plus the fp32 copies the log-prob and entropy code keeps
-    alive (over one chunk with model.logprob_chunk_tokens)."""
-    b, s = micro_batch(inp)
+    """The peak of the vocabulary-sized tensors of one micro-batch (of the log-prob passes, or
+    with ``grad`` of the update): the output layer's logits in the parameter dtype ([b, s, V/t]:
+    GPTModel transposes them to batch-first, a contiguous copy the [s, b, V/t] original is freed
+    after), plus the fp32 copies the log-prob and entropy code keeps alive. Unchunked: whole
+    copies, at the loss forward's peak. Chunked (model.logprob_chunk_tokens): chunk-sized copies,
+    so a forward-only pass may peak at the transpose instead; in the update the peak is the
+    Function's backward, which also holds the logits' whole gradient."""
+    mb = micro_batch(inp, logprob_pass=not grad)
     v = padded_vocab(inp.shape.vocab, inp.tp) // inp.tp
-    tokens = b * s
-    fp32_tokens = min(tokens, inp.logprob_chunk_tokens or tokens)
-    copies = LOGPROB_FP32_COPIES_GRAD if grad else LOGPROB_FP32_COPIES_NO_GRAD
-    return tokens * v * inp.param_bytes + copies * fp32_tokens * v * 4
+    tokens = mb.tokens
+    model = tokens * v * inp.param_bytes
+    # The transpose's copy is made while the original, the embedding's output and the final
+    # norm's are alive (GPTModel.forward); a single row is contiguous either way (no copy).
+    transpose = model + 2 * tokens * inp.shape.hidden * inp.param_bytes if mb.rows > 1 else 0
+    chunk = inp.logprob_chunk_tokens
+    if chunk is None:
+        return model + (LOGPROB_FP32_COPIES_GRAD if grad else LOGPROB_FP32_COPIES_NO_GRAD) * tokens * v * 4
+    if not grad:
+        return model + max(transpose, CHUNK_FP32_COPIES_FORWARD * min(chunk, tokens) * v * 4)
+    if inp.entropy_grad:
+        copies = CHUNK_FP32_COPIES_BACKWARD_ENTROPY
+    else:
+        copies = CHUNK_FP32_COPIES_BACKWARD if tokens > chunk else CHUNK_FP32_COPIES_BACKWARD - 1
+    return 2 * model + copies * min(chunk, tokens) * v * 4
 
 
 def layer_caches(inp: Inputs) -> int:
-    """Tensors the model keeps between steps: RoPE's embedding [s, 1, 1, d] fp32 for each model
-    (policy, reference), lru-cached by RotaryEmbedding.forward (megatron-core 0.16.1
-    models/common/embeddings/rotary_pos_embedding.py); with the local spec the attention-score
-    input buffer DotProductAttention takes from parallel_state.get_global_memory_buffer()
-    ([b a/t, s, s], kept at its largest size; transformer/dot_product_attention.py). TE's fused
-    attention needs no such buffer."""
-    b, s = micro_batch(inp)
-    rope = 2 * s * inp.shape.head_dim * 4
+    """Tensors the model keeps between steps: RoPE's embedding [s, 1, 1, d] fp32, lru-cached by
+    RotaryEmbedding.forward per (model, length) (megatron-core 0.16.1
+    models/common/embeddings/rotary_pos_embedding.py, ``lru_cache(maxsize=32)``, shared by the
+    policy and the reference; micro-batches as wide as their longest row, and packed rows by their
+    longest sequence, give many lengths over a run: ``rope_tables`` of them, each at most the
+    stage's longest row); with the local spec the attention-score input buffer
+    DotProductAttention takes from parallel_state.get_global_memory_buffer() ([b a/t, s, s] of
+    the largest attention call of either pass, kept at its largest size;
+    transformer/dot_product_attention.py). TE's fused attention needs no such buffer."""
+    rope = inp.rope_tables * inp.seq_len * inp.shape.head_dim * 4
     if inp.spec != "local":
         return rope
-    return rope + b * (inp.shape.heads // inp.tp) * s * s * inp.param_bytes
+    largest = max(micro_batch(inp).largest_call, micro_batch(inp, logprob_pass=True).largest_call)
+    return rope + (inp.shape.heads // inp.tp) * largest * inp.param_bytes
 
 
 def batch_bytes(inp: Inputs) -> int:
@@ -420,16 +539,20 @@ def sync_bytes(inp: Inputs) -> int:
     export_to_first_rank). At TP 1 the exported HF tensors are views of the parameters except the
     QKV weights and biases, re-split per head group (copies). At TP > 1 every tensor is rebuilt from
     its gathered shards, so a bucket holds copies (the word embedding and output layer as the
-    padded tensor the unpadded one is a view of), and building the largest layer matrix (fc1,
-    [2f, h]) takes its gathered shards besides."""
+    padded tensor the unpadded one is a view of), and building a matrix takes its gathered shards
+    besides: the word embedding comes first in Hugging Face order (its shards and the rebuilt
+    tensor, the bucket otherwise empty), fc1 ([2f, h]) and an untied output layer beside up to a
+    bucket of tensors."""
     s = inp.shape
     b = inp.param_bytes
     if inp.tp == 1:
         qkv = s.layers // inp.pp * (s.hidden + (1 if s.qkv_bias else 0)) * (s.heads + 2 * s.kv_heads) * s.head_dim
         return min(qkv * b, inp.sync_bucket_bytes)
-    vocab_rows = padded_vocab(s.vocab, inp.tp) * (1 if s.tied else 2)
-    model = (hf_params(s) - s.vocab * s.hidden * (1 if s.tied else 2) + vocab_rows * s.hidden) * b
-    return min(model, inp.sync_bucket_bytes) + 2 * s.ffn * s.hidden * b
+    embedding = padded_vocab(s.vocab, inp.tp) * s.hidden * b
+    vocab_matrices = 1 if s.tied else 2
+    model = hf_params(s) * b + vocab_matrices * (embedding - s.vocab * s.hidden * b)
+    later = max(2 * s.ffn * s.hidden * b, 0 if s.tied else embedding)
+    return max(2 * embedding, min(model, inp.sync_bucket_bytes) + later)
 
 
 # ------------------------------------------------------------------------- the phases
@@ -500,8 +623,12 @@ def phases(inp: Inputs, pp_rank: int = 0) -> dict[str, Phase]:
     batch = {"batch": batch_bytes(inp)}
 
     ref_on_device = weights_bytes(params, inp.param_bytes) if (inp.kl and inp.offload_reference) else 0
-    lp_transient = {"reference_on_device": ref_on_device, "logprob_outputs": logprob_outputs_bytes(inp),
-                    "logits": logits_bytes(inp, grad=False) if last else 0}
+    lp_transient = {"reference_on_device": ref_on_device, "logprob_outputs": logprob_outputs_bytes(inp)}
+    # A log-prob pass peaks in a layer's forward or at the logits (on the last stage), whichever
+    # is larger: with chunked log-probs and long packed rows it can be the layer.
+    layer = layer_forward_bytes(*_layer_args(inp, micro_batch(inp, logprob_pass=True)), inp.param_bytes)
+    logits = logits_bytes(inp, grad=False) if last else 0
+    lp_transient["logits" if logits >= layer else "layer_forward"] = max(logits, layer)
     lp = Phase({**state, **idle, **batch, **lp_transient})
 
     acts = activation_bytes(inp, pp_rank)
@@ -509,8 +636,9 @@ def phases(inp: Inputs, pp_rank: int = 0) -> dict[str, Phase]:
     backward_peak = acts["backward"]
     step_peak = optimizer_step_bytes(inp, params)
     upd = Phase({**state, **idle, **batch})
-    # The update's peak is its largest moment: the loss forward of a micro-batch (all it keeps
-    # plus the logits path), a layer's backward, or the optimizer step.
+    # The update's peak is its largest moment: the loss path of a micro-batch (all it keeps plus
+    # the logits path: the loss forward, or with chunked log-probs the start of the backward), a
+    # layer's backward, or the optimizer step.
     if forward_peak >= max(backward_peak, step_peak):
         upd.terms.update({"activations": acts["activations"], "logits": forward_peak - acts["activations"]})
     elif backward_peak >= step_peak:

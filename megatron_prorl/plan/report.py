@@ -10,7 +10,11 @@ from typing import Optional
 from megatron_prorl import config
 from megatron_prorl.config import ConfigError, ProRLConfig
 from megatron_prorl.plan.inputs import Target, shape_of, stage_inputs
-from megatron_prorl.plan.memory import PHASES, GiB, Inputs, MiB, Phase, Shape, kv_bytes_per_token, worst_gpu
+from megatron_prorl.plan.memory import (PHASES, ROW_MULTIPLE, GiB, Inputs, MiB, Phase, Shape, kv_bytes_per_token,
+                                        worst_gpu)
+
+# The chunk an unchunked config is offered (configs/prorl_1p5b_4node.yaml's).
+CHUNK_TOKENS = 1024
 
 
 @dataclass
@@ -66,6 +70,20 @@ def table(plan: StagePlan) -> str:
     return "\n".join(lines)
 
 
+def micro_batches(i: Inputs) -> str:
+    """How the stage's passes are cut: "micro-batches of 36864 tokens (73728 for log-probs), packed,
+    log-probs in chunks of 1024"."""
+    rows = f"{i.micro_batch_rows} row{'s' if i.micro_batch_rows != 1 else ''}"
+    update = f"{i.max_tokens_per_micro_batch} tokens" if i.max_tokens_per_micro_batch else rows
+    text = f"micro-batches of {update}"
+    if i.max_tokens_per_logprob_micro_batch:
+        text += f" ({i.max_tokens_per_logprob_micro_batch} tokens for log-probs)"
+    if i.pack_sequences:
+        text += ", packed"
+    chunks = f"in chunks of {i.logprob_chunk_tokens}" if i.logprob_chunk_tokens else "whole"
+    return f"{text}, log-probs {chunks}"
+
+
 def verdict(plan: StagePlan) -> str:
     gpu = plan.inputs.gpu_bytes
     if plan.fits:
@@ -86,18 +104,26 @@ def with_overrides(cfg: ProRLConfig, overrides: list[str]) -> ProRLConfig:
 
 def alternatives(cfg: ProRLConfig, target: Target, stage: str, shape: Shape) -> list[tuple[str, StagePlan]]:
     """Single knob changes that shrink the stage's peak, each planned: recomputation, a smaller
-    micro-batch, TP x 2, reference offload, a smaller KV-cache fraction (the largest that fits)."""
+    micro-batch (half the rows, or half a token budget: validation refuses one below a stage's
+    longest sequence), chunked log-probs, TP x 2, reference offload, a smaller KV-cache fraction
+    (the largest that fits)."""
     m, p, b, r = cfg.model, cfg.parallel, cfg.batch, cfg.rollout
     tp = p.tensor_model_parallel_size
     candidates: list[list[str]] = []
     if not m.recompute_activations:
         candidates.append(["model.recompute_activations=true"])
-    if b.micro_batch_size > 1:
+    if b.max_tokens_per_micro_batch is None and b.micro_batch_size > 1:
         candidates.append([f"batch.micro_batch_size={max(1, b.micro_batch_size // 2)}"])
+    for key in ("max_tokens_per_micro_batch", "max_tokens_per_logprob_micro_batch"):
+        if getattr(b, key) is not None:
+            candidates.append([f"batch.{key}={getattr(b, key) // 2 // ROW_MULTIPLE * ROW_MULTIPLE}"])
+    if m.logprob_chunk_tokens is None:
+        candidates.append([f"model.logprob_chunk_tokens={CHUNK_TOKENS}"])
     if shape.heads % (2 * tp) == 0 and shape.kv_heads % (2 * tp) == 0 and target.gpus % (2 * tp * p.pipeline_model_parallel_size) == 0:
         candidates.append([f"parallel.tensor_model_parallel_size={2 * tp}"])
     if not m.offload_reference:
         candidates.append(["model.offload_reference=true"])
+    now = next(pl for pl in plan_config(cfg, target, shape) if pl.name == stage).peak
     out = []
     for overrides in candidates:
         try:
@@ -105,7 +131,8 @@ def alternatives(cfg: ProRLConfig, target: Target, stage: str, shape: Shape) -> 
             plan = next(pl for pl in plan_config(alt, target, shape) if pl.name == stage)
         except (ConfigError, ValueError):
             continue
-        out.append((" ".join(overrides), plan))
+        if plan.peak < now:
+            out.append((" ".join(overrides), plan))
     if r.engine == "tensorrt_llm":
         fraction = _largest_fitting_fraction(cfg, target, stage, shape)
         if fraction is not None and fraction < r.kv_cache_memory_fraction:
@@ -132,9 +159,8 @@ def render(cfg: ProRLConfig, target: Target, plans: list[StagePlan], shape: Shap
     for plan in plans:
         i = plan.inputs
         lines += ["", f"stage {plan.name}: rows of {i.seq_len} tokens ({i.prompt_len} prompt + {i.response_len} "
-                      f"response), {i.rows} sequences per GPU per step, micro-batch "
-                      f"{i.max_tokens_per_micro_batch or i.micro_batch_rows} "
-                      f"{'tokens' if i.max_tokens_per_micro_batch else 'rows'}, recompute {'on' if i.recompute else 'off'}",
+                      f"response), {i.rows} sequences per GPU per step, {micro_batches(i)}, "
+                      f"recompute {'on' if i.recompute else 'off'}",
                   table(plan), verdict(plan)]
         kv = plan.phases["generation"].terms.get("kv_cache", 0)
         if kv and i.engine == "tensorrt_llm":
@@ -146,6 +172,6 @@ def render(cfg: ProRLConfig, target: Target, plans: list[StagePlan], shape: Shap
             if alts:
                 lines.append("  what would make it fit (each planned with the same model):")
             for override, alt in sorted(alts, key=lambda a: a[1].peak):
-                lines.append(f"    {override:<44} peak {alt.peak / GiB:6.2f} GiB in {alt.peak_phase:<10} "
+                lines.append(f"    {override:<48} peak {alt.peak / GiB:6.2f} GiB in {alt.peak_phase:<10} "
                              f"({(alt.peak - plan.peak) / GiB:+.2f} GiB) {'fits' if alt.fits else 'still short'}")
     return "\n".join(lines)

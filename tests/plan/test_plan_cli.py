@@ -63,8 +63,28 @@ def test_json_has_the_documented_shape(capsys, config_only_dir):
             assert set(phase) == {"peak_bytes", "terms"}
             assert phase["peak_bytes"] == sum(phase["terms"].values())
         assert stage["peak_bytes"] == max(p["peak_bytes"] for p in stage["phases"].values())
-    eight, sixteen = plan["stages"]
-    assert sixteen["phases"]["update"]["terms"]["logits"] > 1.5 * eight["phases"]["update"]["terms"]["logits"]
+    # The shipped config's token budgets and chunked log-probs: both stages' micro-batches are full
+    # rows of the budget and the fp32 copies cover one chunk, so the logits are the same in both;
+    # with fixed rows of one sequence and whole log-probs they grow with the sequence (18,432 vs
+    # 10,240 tokens); with fixed rows and chunks only the bf16 logits and their gradient do.
+    assert _update_logits(plan) == [_update_logits(plan)[0]] * 2
+    fixed = ["batch.max_tokens_per_micro_batch=null", "batch.max_tokens_per_logprob_micro_batch=null",
+             "batch.pack_sequences=false"]
+    eight, sixteen = _update_logits(_plan_json(capsys, config_only_dir, *fixed, "model.logprob_chunk_tokens=null"))
+    assert sixteen > 1.5 * eight
+    chunked = _update_logits(_plan_json(capsys, config_only_dir, *fixed))
+    v, chunk = 152064 // 2, 1024
+    assert [c - 5 * chunk * v * 4 for c in chunked] == [2 * 10240 * v * 2, 2 * 18432 * v * 2]
+
+
+def _plan_json(capsys, model_dir, *overrides) -> dict:
+    code, out, _ = run(capsys, "plan", PAPER, f"model.hf_dir={model_dir}", *overrides, "--gpus", 32, "--json")
+    assert code in (0, 1), out
+    return json.loads(out)
+
+
+def _update_logits(plan: dict) -> list[int]:
+    return [stage["phases"]["update"]["terms"]["logits"] for stage in plan["stages"]]
 
 
 def test_the_model_config_file_itself_is_enough(capsys):

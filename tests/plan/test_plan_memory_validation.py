@@ -8,10 +8,16 @@ torch.cuda.max_memory_allocated. Each phase's peak on each rank is measured at t
 megatron_prorl.plan.memory's prediction for the same config: within 10% per phase, at every
 shape. The shapes make different terms dominate: the logits of the loss path (TP1, no
 recomputation), the attention backward of a recomputed layer (long rows, offloaded reference),
-TP2 with and without recomputation (the engine's rank and the other).
+TP2 with and without recomputation (the engine's rank and the other), and the long-sequence
+knobs: packed rows with their own log-prob budget and chunked log-probs (TP1, recomputation:
+the per-sequence attention of packed rows and a layer's forward peak decide), and a token budget
+with chunked log-probs on a vocabulary as wide, for the body, as Qwen's (TP2: the chunked
+function's backward and the logits' transpose decide).
 
-Negative control: the comparison fails when any of the terms that matter at these shapes is
-removed from the prediction.
+Negative controls: the comparison fails when any of the terms that matter at these shapes is
+removed from the prediction, when the logits term is removed at the chunked shapes, and when the
+chunked shapes are predicted as if their log-probs were whole or their log-prob passes took the
+update's budget.
 
 The GPU benchmark that checks the model on real GPUs (bench/gpu/bench_memory_plan.py) runs here
 too, on the simulated device in bf16 at small shapes: its measurement and the plan agree.
@@ -20,6 +26,8 @@ too, on the simulated device in bf16 at small shapes: its measurement and the pl
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,16 +44,40 @@ BASE = ["model.hf_dir=builtin:tiny", "model.dtype=fp32", "model.load_weights=fal
         "batch.prompts_per_step=2", "batch.prompts_per_mini_batch=1"]
 # Every prompt of 2-digit additions is 86 tokens with the tiny model's byte tokenizer, and random
 # weights rarely sample EOS, so rows are as long as the config allows (the model's worst case).
-SHAPES = {
-    1: [["batch.micro_batch_size=4", "rollout.max_response_length=16"],
-        ["batch.micro_batch_size=2", "rollout.max_response_length=80", "model.recompute_activations=true",
-         "model.offload_reference=true"]],
-    2: [["batch.micro_batch_size=2", "rollout.max_response_length=24", "model.recompute_activations=true"],
-        ["batch.micro_batch_size=4", "rollout.max_response_length=16"]],
-}
+SHAPES = [
+    (1, ["batch.micro_batch_size=4", "rollout.max_response_length=16"]),
+    (1, ["batch.micro_batch_size=2", "rollout.max_response_length=80", "model.recompute_activations=true",
+         "model.offload_reference=true"]),
+    # Sequences of 192 tokens: two to a packed row in the update, four in the log-prob passes.
+    (1, ["rollout.max_response_length=106", "batch.max_tokens_per_micro_batch=384",
+         "batch.max_tokens_per_logprob_micro_batch=768", "batch.pack_sequences=true", "model.logprob_chunk_tokens=64",
+         "model.recompute_activations=true", "model.offload_reference=true"]),
+    (2, ["batch.micro_batch_size=2", "rollout.max_response_length=24", "model.recompute_activations=true"]),
+    (2, ["batch.micro_batch_size=4", "rollout.max_response_length=16"]),
+    # Four rows of 96 tokens per micro-batch (the log-prob passes take the update's budget).
+    (2, ["model.hf_dir={wide}", "rollout.max_response_length=10", "batch.max_tokens_per_micro_batch=384",
+         "model.logprob_chunk_tokens=64"]),
+]
+# The tiny body with a vocabulary of 4,096 (64 x its width; Qwen2-1.5B: 151,936 = 99 x 1,536), so
+# that the vocabulary-sized tensors weigh against the layers as they do at full scale. The byte
+# tokenizer uses the first 261 ids; the engine's weights come from the trainer's sync.
+WIDE_VOCAB = 4096
 # Terms that matter at these shapes: without any one of them some phase misses by more than 10%.
 ESSENTIAL = ("policy_weights", "grad_buffer", "optimizer_states", "reference_weights",
-             "layer_caches", "engine_weights", "logits", "activations", "activations_backward")
+             "layer_caches", "engine_weights", "logits", "activations", "activations_backward", "layer_forward")
+CHUNKED = "model.logprob_chunk_tokens"
+
+
+def _wide_vocab_model(directory: Path) -> str:
+    from megatron_prorl import builtin
+
+    tiny = builtin.resolve("builtin:tiny")
+    for f in tiny.iterdir():
+        if f.name != "model.safetensors":
+            shutil.copy(f, directory / f.name)
+    config = json.loads((tiny / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": WIDE_VOCAB}))
+    return str(directory)
 
 
 def _measure(tp: int, shape: list[str], out_dir: str) -> dict[str, int]:
@@ -101,18 +133,21 @@ def _predicted(tp: int, shape: list[str], rank: int) -> dict:
     # allocator caches are not tensors, so they are left out.
     target = Target(gpus=tp, on_gpu=True, transformer_engine=False, fused_adam=False, runtime_overheads=False)
     (_, inputs), = stage_inputs(cfg, shape_of(cfg.model.hf_dir), target)
-    return {name: p.terms for name, p in phases(inputs.with_(engine_here=rank == 0)).items()}
+    # Two steps of rows at one length (EOS is rare) cache one RoPE table per model, not a run's 32.
+    inputs = inputs.with_(engine_here=rank == 0, rope_tables=2)
+    return {name: p.terms for name, p in phases(inputs).items()}
 
 
 @pytest.fixture(scope="module")
 def measurements(tmp_path_factory):
+    wide = _wide_vocab_model(tmp_path_factory.mktemp("wide"))
     rows = []
-    for tp, shapes in SHAPES.items():
-        for shape in shapes:
-            out = tmp_path_factory.mktemp(f"tp{tp}")
-            for rank, peaks in enumerate(spawn(_measure, tp, tp, shape, str(out), timeout=300)):
-                rows.append({"tp": tp, "rank": rank, "overrides": shape, "measured": peaks,
-                             "predicted": _predicted(tp, shape, rank)})
+    for tp, overrides in SHAPES:
+        shape = [o.format(wide=wide) for o in overrides]
+        out = tmp_path_factory.mktemp(f"tp{tp}")
+        for rank, peaks in enumerate(spawn(_measure, tp, tp, shape, str(out), timeout=300)):
+            rows.append({"tp": tp, "rank": rank, "overrides": overrides, "shape": shape, "measured": peaks,
+                         "predicted": _predicted(tp, shape, rank)})
     return rows
 
 
@@ -123,9 +158,14 @@ def _misses(rows, drop: str = "") -> list[str]:
             measured = row["measured"][phase]
             predicted = sum(v for k, v in row["predicted"][phase].items() if k != drop)
             if abs(predicted - measured) > TOLERANCE * measured:
-                misses.append(f"TP{row['tp']} rank {row['rank']} {' '.join(row['overrides'])}: {phase} measured "
+                misses.append(f"{_label(row)} rank {row['rank']}: {phase} measured "
                               f"{measured} predicted {predicted} ({predicted / measured - 1:+.1%})")
     return misses
+
+
+def _label(row) -> str:
+    return f"TP{row['tp']} " + " ".join(f"vocab={WIDE_VOCAB}" if o.startswith("model.hf_dir") else o.split(".")[-1]
+                                        for o in row["overrides"])
 
 
 def _table(rows) -> str:
@@ -133,8 +173,7 @@ def _table(rows) -> str:
     for row in rows:
         for phase in ("generation", "logprobs", "update", "wake"):
             m, p = row["measured"][phase], sum(row["predicted"][phase].values())
-            lines.append(f"| TP{row['tp']} {' '.join(o.split('.')[-1] for o in row['overrides'])} | {row['rank']} | "
-                         f"{phase} | {m:,} | {p:,} | {p / m - 1:+.1%} |")
+            lines.append(f"| {_label(row)} | {row['rank']} | {phase} | {m:,} | {p:,} | {p / m - 1:+.1%} |")
     return "\n".join(lines)
 
 
@@ -150,7 +189,28 @@ def test_removing_a_term_breaks_the_prediction(measurements, term):
     assert _misses(measurements, drop=term), f"the prediction stays within 10% without {term}"
 
 
-def _benchmark_on_the_simulated_device() -> dict:
+def _chunked(rows) -> list:
+    chunked = [row for row in rows if any(o.startswith(CHUNKED) for o in row["overrides"])]
+    assert chunked
+    return chunked
+
+
+def test_the_chunked_shapes_need_the_logits_term(measurements):
+    """Negative control: the logits' whole tensors and chunk copies are needed where log-probs are
+    chunked (at full scale they are the update's peak)."""
+    assert _misses(_chunked(measurements), drop="logits")
+
+
+@pytest.mark.parametrize("override", [f"{CHUNKED}=null", "batch.max_tokens_per_logprob_micro_batch=null"])
+def test_the_chunked_shapes_need_their_knobs_modelled(measurements, override):
+    """Negative control: predicted with whole (unchunked) log-probs, or with the update's budget for
+    the log-prob passes, some chunked shape misses by more than 10%."""
+    rows = [{**row, "predicted": _predicted(row["tp"], [*row["shape"], override], row["rank"])}
+            for row in _chunked(measurements)]
+    assert _misses(rows), f"the prediction stays within 10% with {override}"
+
+
+def _benchmark_on_the_simulated_device(setup: str) -> dict:
     import argparse
     import sys
 
@@ -164,13 +224,15 @@ def _benchmark_on_the_simulated_device() -> dict:
              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024, "bos_token_id": 1,
              "eos_token_id": 1}
     bench_memory_plan.r1_distill_qwen_1p5b = lambda: dict(small)
-    args = argparse.Namespace(prompt=32, response=16, prompts=2, n=2, micro_batch=1, no_recompute=False)
+    args = argparse.Namespace(prompt=32, response=16, prompts=2, n=2, micro_batch=1, chunk=16, no_recompute=False)
     with simulated_cuda():
-        return bench_memory_plan._step(args, "transformers")
+        return bench_memory_plan._step(args, "transformers", setup)
 
 
-def test_the_gpu_benchmark_measures_what_the_plan_predicts_in_bf16():
-    r = spawn(_benchmark_on_the_simulated_device, 1)[0]
-    assert set(r["measured"]) == {"generation", "logprobs", "update", "wake"}
-    for phase, m in r["measured"].items():
-        assert abs(r["predicted"][phase] / m["allocated"] - 1) < TOLERANCE, (phase, m, r["predicted"])
+def test_the_gpu_benchmark_measures_what_the_plan_predicts_in_bf16_with_and_without_the_long_sequence_knobs():
+    results = {setup: spawn(_benchmark_on_the_simulated_device, 1, setup)[0] for setup in ("fixed", "long")}
+    assert "packed" in results["long"]["setup"]
+    for setup, r in results.items():
+        assert set(r["measured"]) == {"generation", "logprobs", "update", "wake"}
+        for phase, m in r["measured"].items():
+            assert abs(r["predicted"][phase] / m["allocated"] - 1) < TOLERANCE, (setup, phase, m, r["predicted"])

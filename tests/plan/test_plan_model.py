@@ -94,22 +94,68 @@ def test_kv_cache_per_token_and_tensorrt_llm_sizing():
 
 
 def test_logits_of_the_loss_path_and_their_chunking():
-    """A 16k-token row at TP 2: the bf16 logits and six fp32 copies of [tokens, V/2] (5.6 GB each)
-    in the update, five in a forward-only pass; chunked log-probs (issue 22) keep the fp32 copies
-    to one chunk."""
-    inp = M.Inputs(shape=R1_1P5B, tp=2, seq_len=18432, micro_batch_rows=1)
+    """An 18k-token row at TP 2: the bf16 logits and six fp32 copies of [tokens, V/2] (5.6 GB each)
+    in the update, five in a forward-only pass. Chunked log-probs keep the fp32 copies to one
+    chunk: four in the forward, five in the backward (six with the entropy's gradient), which
+    also holds the logits' whole bf16 gradient."""
+    inp = M.Inputs(shape=R1_1P5B, tp=2, seq_len=18432, prompt_len=2048, response_len=16384, micro_batch_rows=1)
     v = 152064 // 2
     assert M.logits_bytes(inp, grad=True) == 18432 * v * (2 + 6 * 4)
     assert M.logits_bytes(inp, grad=False) == 18432 * v * (2 + 5 * 4)
-    chunked = inp.with_(logprob_chunk_tokens=2048)
-    assert M.logits_bytes(chunked, grad=True) == 18432 * v * 2 + 6 * 2048 * v * 4
+    chunked = inp.with_(logprob_chunk_tokens=1024)
+    assert M.logits_bytes(chunked, grad=False) == 18432 * v * 2 + 4 * 1024 * v * 4
+    assert M.logits_bytes(chunked, grad=True) == 2 * 18432 * v * 2 + 5 * 1024 * v * 4
+    assert M.logits_bytes(chunked.with_(entropy_grad=True), grad=True) == 2 * 18432 * v * 2 + 6 * 1024 * v * 4
+    # One chunk holds the whole micro-batch: the backward's previous chunk never exists.
+    assert M.logits_bytes(inp.with_(logprob_chunk_tokens=32768), grad=True) == 2 * 18432 * v * 2 + 4 * 18432 * v * 4
 
 
-def test_token_budget_and_packing_set_the_micro_batch():
-    inp = M.Inputs(shape=R1_1P5B, seq_len=10240, micro_batch_rows=1)
-    assert M.micro_batch(inp) == (1, 10240)
-    assert M.micro_batch(inp.with_(max_tokens_per_micro_batch=32768)) == (3, 10240)
-    assert M.micro_batch(inp.with_(max_tokens_per_micro_batch=32768, pack_sequences=True)) == (1, 32768)
+def test_a_forward_only_pass_of_several_rows_peaks_at_the_logits_transpose_when_chunked():
+    """GPTModel makes its [s, b, V/t] logits batch-first with a contiguous copy: two whole tensors
+    (besides the embedding's and the final norm's output) beat four chunk copies."""
+    inp = M.Inputs(shape=R1_1P5B, tp=2, seq_len=4096, prompt_len=2048, response_len=2048, rows=64,
+                   max_tokens_per_micro_batch=16384, logprob_chunk_tokens=1024)
+    v, tokens = 152064 // 2, 4 * 4096
+    assert M.logits_bytes(inp, grad=False) == 2 * tokens * v * 2 + 2 * tokens * 1536 * 2
+    packed = inp.with_(pack_sequences=True)  # one row: already contiguous
+    assert M.logits_bytes(packed, grad=False) == tokens * v * 2 + 4 * 1024 * v * 4
+
+
+def test_token_budgets_and_packing_set_the_micro_batches():
+    inp = M.Inputs(shape=R1_1P5B, seq_len=10240, prompt_len=2048, response_len=8190, micro_batch_rows=1, rows=64,
+                   mini_batch_rows=16)
+    fixed = M.micro_batch(inp)
+    assert (fixed.rows, fixed.width, fixed.calls) == (1, 10240, ((1, 10240),))
+    budget = inp.with_(max_tokens_per_micro_batch=32768)
+    assert M.micro_batch(budget).rows == 3 and M.micro_batch(budget, logprob_pass=True).rows == 3
+    # The log-prob passes take their own budget (None: the update's), at most the rows there are.
+    own = budget.with_(max_tokens_per_logprob_micro_batch=65536)
+    assert M.micro_batch(own).rows == 3 and M.micro_batch(own, logprob_pass=True).rows == 6
+    assert M.micro_batch(own.with_(rows=4), logprob_pass=True).rows == 4
+    # Packed: one row of the budget, three whole sequences of 10,238 tokens and the rest; the
+    # attention's squares are the sequences', not the row's.
+    packed = M.micro_batch(budget.with_(pack_sequences=True))
+    assert (packed.rows, packed.width, packed.sequences) == (1, 32768, 4)
+    assert packed.calls == ((1, 10238),) * 3 + ((1, 32768 - 3 * 10238),)
+    assert packed.squares == 3 * 10238 ** 2 + 2054 ** 2 < 32768 ** 2
+    # A mini-batch too small to fill the budget: its sequences, rounded up to 8.
+    small = M.micro_batch(budget.with_(pack_sequences=True, mini_batch_rows=2))
+    assert (small.width, small.calls) == (20480, ((1, 10238),) * 2 + ((1, 4),))
+
+
+def test_packed_rows_on_the_local_spec_attend_per_sequence():
+    """The local spec's quadratic terms (probabilities, masks, the score buffer) of a packed row are
+    its sequences' (models/attention.py runs each alone), not the row's."""
+    inp = M.Inputs(shape=LLAMA_LIKE, spec="local", seq_len=1024, prompt_len=512, response_len=512, rows=8,
+                   mini_batch_rows=8, max_tokens_per_micro_batch=4096, pack_sequences=True)
+    packed = M.micro_batch(inp)
+    assert packed.calls == ((1, 1024),) * 4 and packed.squares == 4 * 1024 ** 2
+    one_sequence = M.MicroBatch(1, 4096, ((1, 4096),), 1)
+    args = (256, 704, 8, 2, 32, 1, False, 2)
+    kept, whole_row = (M.layer_activation_bytes("local", mb, *args) for mb in (packed, one_sequence))
+    assert whole_row - kept == 8 * (4096 ** 2 - 4 * 1024 ** 2) * 2 + (4096 ** 2 - 4 * 1024 ** 2)
+    # The score buffer holds one sequence's scores; padded rows of the same tokens take four at once.
+    assert M.layer_caches(inp.with_(pack_sequences=False)) - M.layer_caches(inp) == 8 * 3 * 1024 ** 2 * 2
 
 
 def test_recomputation_keeps_only_layer_inputs():
