@@ -25,7 +25,8 @@ COPY slurm slurm
 # The same install steps CI runs (scripts/install.sh calls install_project.sh), plus bubblewrap
 # for the reward sandbox. Non-editable: the code in site-packages is the image's; a job that
 # mounts a checkout and runs `python -m megatron_prorl.cli` from it runs the checkout's code.
-# The test extra brings pytest, so `bash scripts/gpu_selftest.sh` runs from a mounted checkout.
+# The test extra brings pytest, so `bash scripts/gpu_selftest.sh` runs from a mounted checkout;
+# the trtllm extra brings ray for TensorRT-LLM's Ray orchestrator (pinned in pyproject.toml).
 RUN bash scripts/install_system_deps.sh \
-    && PYTHON=python3 bash scripts/install_project.sh test \
+    && PYTHON=python3 bash scripts/install_project.sh test,trtllm \
     && python3 scripts/check_image_versions.py image

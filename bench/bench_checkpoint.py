@@ -39,11 +39,12 @@ def _run(model, rounds: int, workdir: str) -> dict:
     from checkpoint_convert.arch import hf_arch, load_arch
     from checkpoint_convert.checkpoint import atomic_directory, verify_checkpoint
     from checkpoint_convert.manifest import write_manifest
-    from megatron_prorl import builtin, checkpoint as ckpt
-    from megatron_prorl.actor import PolicyActor
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl import builtin
+    from megatron_prorl.train import checkpoint as ckpt
+    from megatron_prorl.train.actor import PolicyActor
+    from megatron_prorl.train.batch import from_sequences
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
 
     cfg = ProRLConfig()
     cfg.model.dtype = "fp32"
@@ -97,7 +98,7 @@ def _run(model, rounds: int, workdir: str) -> dict:
 
 
 def main():
-    from megatron_prorl.launch import spawn
+    from megatron_prorl.runtime.launch import spawn
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)

@@ -29,7 +29,7 @@ import psutil
 
 from megatron_prorl.config import RewardsConfig
 from megatron_prorl.rewards import RewardItem, RewardPool, score_detailed
-from megatron_prorl.rewards.sandbox import Limits, Sandbox, SandboxUnavailable
+from megatron_prorl.sandbox.sandbox import Limits, Sandbox, SandboxUnavailable
 
 THINK = "<think>" + "Let me reason about this carefully. " * 60 + "</think>"
 

@@ -20,12 +20,12 @@ MODEL = dict(model_type="qwen2", hidden_size=384, intermediate_size=1024, num_hi
 
 
 def _layout_run(tp: int, pp: int, seqs: int, seq_len: int, steps: int) -> dict:
-    import megatron_prorl.actor as actor_mod
+    import megatron_prorl.train.actor as actor_mod
     from checkpoint_convert.arch import hf_arch
-    from megatron_prorl.actor import PolicyActor
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.train.actor import PolicyActor
+    from megatron_prorl.train.batch import from_sequences
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
 
     cfg = ProRLConfig()
     cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
@@ -65,7 +65,7 @@ def _layout_run(tp: int, pp: int, seqs: int, seq_len: int, steps: int) -> dict:
 
 
 def main():
-    from megatron_prorl.launch import spawn
+    from megatron_prorl.runtime.launch import spawn
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqs", type=int, default=16)

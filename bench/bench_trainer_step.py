@@ -25,12 +25,12 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
 
-    from megatron_prorl.config import load_config
-    from megatron_prorl.metrics import read_metrics
-    from megatron_prorl.trainer import Trainer
+    from megatron_prorl.train.validate import load_run_config
+    from megatron_prorl.train.metrics import read_metrics
+    from megatron_prorl.train.trainer import Trainer
 
     out = tempfile.mkdtemp(prefix="bench_trainer_")
-    cfg = load_config(args.config, [f"trainer.stages.0.steps={args.steps}", "trainer.val_every=0",
+    cfg = load_run_config(args.config, [f"trainer.stages.0.steps={args.steps}", "trainer.val_every=0",
                                     f"trainer.output_dir={out}", "checkpoint.every=0", "logging.progress=false",
                                     "logging.tensorboard=false"])
     cfg.data.val = []  # time training steps only

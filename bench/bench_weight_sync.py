@@ -30,7 +30,7 @@ def _run(repeats: int, bucket_mb: int, tp: int, pp: int) -> dict:
 
     from checkpoint_convert.arch import hf_arch
     from megatron_prorl.config import ModelConfig, ParallelConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
     from megatron_prorl.models.builder import build_gpt_model
     from megatron_prorl.rollout import build_engine
     from megatron_prorl.weight_sync import build_source
@@ -78,7 +78,7 @@ def _run(repeats: int, bucket_mb: int, tp: int, pp: int) -> dict:
 
 def main():
     from megatron_prorl.config import RolloutConfig
-    from megatron_prorl.launch import spawn
+    from megatron_prorl.runtime.launch import spawn
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)

@@ -35,7 +35,7 @@ from checkpoint_convert import dtypes
 from checkpoint_convert.arch import HFArch, load_arch
 from checkpoint_convert.dist_layout import fsync_path
 from checkpoint_convert.errors import ConversionError, is_disk_full
-from checkpoint_convert.manifest import verify_manifest, write_manifest
+from checkpoint_convert.manifest import MANIFEST, verify_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +102,34 @@ def copy_hf_metadata(src: os.PathLike, dst: os.PathLike) -> None:
             shutil.copy2(Path(src) / name, dst / name)
 
 
+def step_checkpoints(checkpoints_dir: os.PathLike) -> list[Path]:
+    """The ``step_*`` directories of a run's checkpoints/ directory, newest first."""
+    return sorted((p for p in Path(checkpoints_dir).glob(f"{STEP_PREFIX}*") if p.is_dir()), reverse=True)
+
+
+def newer_than_latest(checkpoints_dir: os.PathLike, named: str) -> Optional[Path]:
+    """The newest complete checkpoint (published with its manifest, see :func:`atomic_directory`)
+    newer than the one ``latest`` names, if any: a run stopped between publishing a checkpoint
+    and updating the pointer leaves one."""
+    newer = [p for p in step_checkpoints(checkpoints_dir) if p.name > named and (p / MANIFEST).is_file()]
+    return newer[0] if newer else None
+
+
 def resolve_checkpoint(path: os.PathLike) -> tuple[Path, str]:
     """The checkpoint a user means by ``path``, and how it was found: a checkpoint directory
     (with meta.json), a run's ``latest`` pointer file, its checkpoints/ directory or the run
-    directory (both through their ``latest``)."""
+    directory (both through their ``latest``, or a complete checkpoint newer than it names)."""
     p = Path(path)
     if (p / META_FILE).is_file():
         return p, "checkpoint directory"
     for pointer, how in ((p, "the latest pointer"), (p / LATEST, "its latest pointer"),
                          (p / CHECKPOINTS_DIR / LATEST, "the run's latest checkpoint")):
         if pointer.is_file() and pointer.name == LATEST:
-            target = pointer.parent / pointer.read_text().strip()
+            named = pointer.read_text().strip()
+            newer = newer_than_latest(pointer.parent, named)
+            if newer is not None:
+                return newer, f"{how}: newer than {named}, which {LATEST} still names (its run stopped before updating it)"
+            target = pointer.parent / named
             if not (target / META_FILE).is_file():
                 raise ConversionError(f"{pointer} names {target.name}, which is not a checkpoint (no {META_FILE})")
             return target, how

@@ -42,17 +42,20 @@ def build_parser(prog: str = "python -m checkpoint_convert"):
     h2m = sub.add_parser("hf-to-megatron", help="HF directory -> Megatron checkpoint")
     h2m.add_argument("--hf-dir", required=True, help="HF model directory (prorl-convert also takes builtin:NAME)")
     h2m.add_argument("--out", required=True, help="checkpoint directory to create")
-    h2m.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
-    h2m.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    h2m.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default: %(default)s)")
+    h2m.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default: %(default)s)")
     h2m.add_argument("--dtype", **dtype)
     h2m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     h2m.add_argument("--progress", **bar)
 
     m2h = sub.add_parser("megatron-to-hf", help="Megatron checkpoint (any TP x PP) -> HF directory")
-    m2h.add_argument("--ckpt", required=True, help="checkpoint directory (with model/, hf/, meta.json)")
+    m2h.add_argument("--ckpt", required=True,
+                     help="a checkpoint directory (with model/, hf/, meta.json), or a training run directory, its "
+                          "checkpoints/ directory or its latest pointer (the run's latest checkpoint)")
     m2h.add_argument("--out", required=True, help="HF directory to create")
     m2h.add_argument("--dtype", **dtype)
-    m2h.add_argument("--max-shard-size", type=parse_size, default="5GB", help="per safetensors file (default 5GB)")
+    m2h.add_argument("--max-shard-size", type=parse_size, default="5GB",
+                     help="per safetensors file (default: %(default)s)")
     m2h.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     m2h.add_argument("--progress", **bar)
 
@@ -70,6 +73,7 @@ def setup_logging() -> None:
 
 def convert(args) -> int:
     """Run the conversion ``args`` names; print its summary line."""
+    # Late: the conversions import torch and Megatron-Core; --help and argument errors do not.
     if args.command == "hf-to-megatron":
         from checkpoint_convert.convert import hf_to_megatron
 

@@ -53,8 +53,7 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
         if isinstance(entry, str):
-            module, _, attr = entry.partition(":")
-            entry = self._entries[name] = getattr(importlib.import_module(module), attr)
+            entry = self._entries[name] = resolve(entry)
         return entry
 
     def names(self) -> tuple[str, ...]:
@@ -69,6 +68,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def resolve(ref: str):
+    """The object a ``"module:attribute"`` reference names (importing the module)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _describe(entry) -> str:

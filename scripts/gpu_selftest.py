@@ -6,6 +6,11 @@ one table: every test and measurement with passed / failed / skipped (and why), 
 weight-sync seconds and peak memory. Exit status 0 only when nothing failed; 1 on a failure, and
 on a machine without a CUDA device (said in one line, before anything runs). Logs go to
 --out (default runs/gpu_selftest/TIMESTAMP).
+
+The rollout engine a run here will use (--engine; auto: TensorRT-LLM where its package is
+installed, as in the image, else the transformers engine) must be able to start: anything it
+needs that is missing (TensorRT-LLM of the targeted release, ray, ...) is a failure of its own
+row, not only the skip of the tests that need it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BENCHES = ("bench/gpu/bench_policy_mfu.py", "bench/gpu/bench_rollout.py", "bench/gpu/bench_weight_sync.py")
+BENCHES = ("bench/gpu/bench_memory_plan.py", "bench/gpu/bench_policy_mfu.py", "bench/gpu/bench_rollout.py",
+           "bench/gpu/bench_weight_sync.py")
 TESTS = "tests/gpu"
 NOTE_WIDTH = 100
 
@@ -117,6 +123,24 @@ def machine(torch) -> str:
             f"TensorRT-LLM {_version('tensorrt_llm')}")
 
 
+def resolve_engine(choice: str) -> str:
+    """The engine the self-check holds the machine to: ``choice``, or for "auto" TensorRT-LLM
+    where its package is installed (the image is built for it), else the transformers engine."""
+    if choice != "auto":
+        return choice
+    return "tensorrt_llm" if _version("tensorrt_llm") != "not installed" else "transformers"
+
+
+def engine_row(engine: str) -> Optional[Row]:
+    """A failed row when ``engine`` cannot start on this machine (None when it can)."""
+    if engine == "transformers":  # torch and transformers only, both checked by every test
+        return None
+    from megatron_prorl.rollout.trtllm import missing_here  # found without importing tensorrt_llm
+
+    problem = missing_here()
+    return Row(f"rollout engine {engine}", "failed", problem) if problem else None
+
+
 def _run(what: str, cmd: list[str], log: Path) -> tuple[int, str]:
     print(f"running {what} (log: {log}) ...", flush=True)
     start = time.monotonic()
@@ -130,6 +154,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="where the logs go (default runs/gpu_selftest/TIMESTAMP)")
     ap.add_argument("--no-bench", action="store_true", help="the tests only")
+    ap.add_argument("--engine", choices=("auto", "transformers", "tensorrt_llm"), default="auto",
+                    help="the rollout engine runs here will use (rollout.engine); auto: tensorrt_llm where "
+                         "its package is installed, else transformers")
     args = ap.parse_args(argv)
     try:
         import torch
@@ -147,13 +174,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = args.out or ROOT / "runs" / "gpu_selftest" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     print(f"GPU self-check on {machine(torch)}", flush=True)
+    engine = resolve_engine(args.engine)
+    failed_engine = engine_row(engine)
+    print(f"rollout engine {engine}: " + (f"CANNOT START: {failed_engine.note}" if failed_engine else "available"),
+          flush=True)
     junit = out / "gpu_tests.xml"
     pytest_cmd = [sys.executable, "-m", "pytest", "-m", "gpu", TESTS, "-q", "-rA", "-p", "no:cacheprovider",
                   f"--junitxml={junit}"]
     code, text = _run(f"pytest -m gpu {TESTS}", pytest_cmd, out / "gpu_tests.log")
-    rows = junit_rows(junit) if junit.is_file() else []
-    if code not in (0, 1) or not rows:  # 1: some test failed (its row says which); else pytest itself did
-        rows.append(Row(f"pytest -m gpu {TESTS}", "failed", f"exit status {code}: {_lines(text)[-1]}"))
+    tests = junit_rows(junit) if junit.is_file() else []
+    if code not in (0, 1) or not tests:  # 1: some test failed (its row says which); else pytest itself did
+        tests.append(Row(f"pytest -m gpu {TESTS}", "failed", f"exit status {code}: {_lines(text)[-1]}"))
+    rows = ([failed_engine] if failed_engine else []) + tests
     for script in () if args.no_bench else BENCHES:
         code, text = _run(script, [sys.executable, script], out / (Path(script).stem + ".log"))
         rows += bench_output_rows(script, code, text)

@@ -2,7 +2,7 @@
 # GPU self-check (README, "GPU self-check"): the GPU tests (pytest -m gpu tests/gpu) and the GPU
 # benchmarks (bench/gpu), then one table of results; exit status non-zero on any failure, and on
 # a machine without a CUDA device. Run it from a checkout, in the Docker image or on any CUDA machine:
-#   bash scripts/gpu_selftest.sh [--out DIR] [--no-bench]
+#   bash scripts/gpu_selftest.sh [--out DIR] [--no-bench] [--engine auto|transformers|tensorrt_llm]
 # Python: $PYTHON, else .venv/bin/python when there is one, else python3 (the image's).
 set -euo pipefail
 cd "$(dirname "$0")/.."

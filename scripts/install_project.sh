@@ -4,7 +4,7 @@
 # TensorRT-LLM, Apex and NVIDIA's libraries (the NGC builds in the image) stay as installed, and the
 # install fails if it breaks a requirement that held before. The Dockerfile runs it on the image's
 # Python, scripts/install.sh on .venv (so CI runs it on every build).
-#   PYTHON=python3 scripts/install_project.sh [--editable] [EXTRA]    e.g. --editable test
+#   PYTHON=python3 scripts/install_project.sh [--editable] [EXTRA[,EXTRA...]]    e.g. --editable test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}

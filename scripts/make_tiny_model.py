@@ -17,6 +17,12 @@ evaluating never changes the training trajectory. The warm-up is reproducible on
 and torch version, not bit for bit across machines: the chosen checkpoint itself is shipped.
 
     python scripts/make_tiny_model.py            # writes megatron_prorl/assets/tiny
+    python scripts/make_tiny_model.py --corpus-only DIR   # only DIR/pretraining.jsonl (below)
+
+The warm-up's pretraining corpus (every example a batch can draw, each one document: the
+rendered prompt and its target completion, one JSON line {"text": ...}) is written by
+--corpus-only without training or touching the model; the Creativity Index of responses
+(`prorl eval creativity --corpus DIR`) is measured against it.
 """
 
 from __future__ import annotations
@@ -186,6 +192,19 @@ machines: this checkpoint is the reference.
 """)
 
 
+def write_corpus(out: Path, tokenizer, rows: list[Row]) -> None:
+    """The warm-up's pretraining corpus: one document per distinct training example, the prompt
+    as the model sees it (chat template included) followed by its target completion."""
+    texts = list(dict.fromkeys(render_prompt(tokenizer, r) + target_completion(r) for r in rows))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "pretraining.jsonl"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    tmp.replace(path)
+    print(f"wrote {len(texts)} documents to {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("megatron_prorl/assets/tiny"))
@@ -207,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stop-at", type=float, default=0.2,
                    help=f"stop once held-out add pass@1 at T={ROLLOUT_TEMPERATURE} reaches this")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--corpus-only", type=Path, default=None, metavar="DIR",
+                   help="write the warm-up's corpus to DIR/pretraining.jsonl and exit (no training)")
     args = p.parse_args(argv)
     if not 0 <= args.rg_share < 1:
         p.error(f"--rg-share={args.rg_share}: must be in [0, 1)")
@@ -220,13 +241,17 @@ def main(argv: list[str] | None = None) -> None:
 
     train_pairs, heldout_pairs = split_additions(args.heldout_seed, args.heldout)
     heldout = {"add": [addition_row(a, b) for a, b in heldout_pairs]}
-    train_add = [encode(tokenizer, addition_row(a, b)) for a, b in train_pairs]
-    train_rg = []
+    train_add_rows = [addition_row(a, b) for a, b in train_pairs]
+    train_rg_rows = []
     if args.rg_share > 0:
         heldout["chain_sum"] = chain_sum_rows(args.heldout_seed, args.heldout_rg)
         held_questions = {r.prompt for r in heldout["chain_sum"]}
-        train_rg = [encode(tokenizer, r) for r in chain_sum_rows(args.seed, 5000)
-                    if r.prompt not in held_questions]
+        train_rg_rows = [r for r in chain_sum_rows(args.seed, 5000) if r.prompt not in held_questions]
+    if args.corpus_only:
+        write_corpus(args.corpus_only, tokenizer, train_add_rows + train_rg_rows)
+        return
+    train_add = [encode(tokenizer, r) for r in train_add_rows]
+    train_rg = [encode(tokenizer, r) for r in train_rg_rows]
     n_rg = round(args.batch * args.rg_share)
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)

@@ -6,7 +6,7 @@
 # Submit from the repository root. CONFIG defaults to configs/prorl_1p5b_4node.yaml. Each rank
 # runs `python -m megatron_prorl.cli train CONFIG key=value ...` and reads its rank, world size
 # and rendezvous (first host of the node list, a port derived from the job id) from Slurm's
-# variables (megatron_prorl/distributed.py). Every #SBATCH line below is a default that an
+# variables (megatron_prorl/runtime/distributed.py). Every #SBATCH line below is a default that an
 # option on the sbatch command line overrides, so the same script runs the tiny config on CPU
 # nodes, e.g. TP2 x PP2 on four nodes:
 #
@@ -22,6 +22,8 @@
 #   PRORL_PYTHON        the Python to run (default: .venv/bin/python when present, else python3;
 #                       in a container: python)
 #   PRORL_LOG_DIR       where each start's rank log goes (default: logs)
+#   PRORL_CPUS_PER_TASK CPUs per rank (default: sbatch's --cpus-per-task when given, else the
+#                       node's CPUs divided among its ranks)
 #   PRORL_MAX_RESTARTS  requeue at most this many times (default: 100)
 #
 # Long runs and preemption: Slurm sends USR1 to this batch shell --signal's seconds before the
@@ -40,7 +42,7 @@
 #SBATCH --nodes=4
 #SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8
-#SBATCH --cpus-per-task=16
+#SBATCH --exclusive
 #SBATCH --mem=0
 #SBATCH --time=04:00:00
 #SBATCH --signal=B:USR1@900
@@ -48,8 +50,10 @@
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.out
 #
-# --cpus-per-task 16: a DGX H100 has 112 cores for 8 GPUs; the rest is left to the node.
-# --mem=0: all of each node's memory. --signal 900 s: long enough to finish the slowest step
+# --exclusive: whole nodes with all their CPUs (as Megatron-LM's launch examples ask), shared
+# among the node's ranks below: no fixed count per rank, which a node with fewer CPUs than it
+# would refuse (a DGX H100 has 112 cores for 8 GPUs, other nodes differ). --mem=0: all of each
+# node's memory. --signal 900 s: long enough to finish the slowest step
 # and write a checkpoint (see time/step in metrics.jsonl; raise it for 16k-token stages).
 set -euo pipefail
 
@@ -60,12 +64,38 @@ log_dir=${PRORL_LOG_DIR:-logs}
 mkdir -p "$log_dir"
 rank_log="$log_dir/${SLURM_JOB_NAME}-${SLURM_JOB_ID}.restart${restart}.log"
 say() { echo "[prorl_4node $(date '+%F %T')] $*"; }
+
+# CPUs per rank: PRORL_CPUS_PER_TASK, else sbatch's --cpus-per-task, else the CPUs Slurm gave this
+# node divided among its ranks (at least 1). Sets cpus_per_task and cpus_how (what it came from).
+cpus_per_rank() {
+    local name value
+    for name in PRORL_CPUS_PER_TASK SLURM_CPUS_PER_TASK; do
+        value=${!name:-}
+        if [[ -n $value ]]; then
+            if [[ ! $value =~ ^[1-9][0-9]*$ ]]; then
+                echo "prorl_4node.sh: error: $name=$value: expected a whole number of CPUs >= 1" >&2
+                return 2
+            fi
+            cpus_per_task=$value cpus_how=$name
+            return 0
+        fi
+    done
+    # Outside a job: the CPUs this shell may run on (nproc without the OpenMP limits it honours).
+    local node_cpus=${SLURM_CPUS_ON_NODE:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
+    local tasks=${SLURM_TASKS_PER_NODE:-1}  # e.g. 8(x4): 8 on each of 4 nodes
+    local ranks=${SLURM_NTASKS_PER_NODE:-${tasks%%[(,]*}}
+    cpus_per_task=$(( node_cpus / ranks > 0 ? node_cpus / ranks : 1 ))
+    cpus_how="the node's $node_cpus CPUs / $ranks ranks"
+}
+cpus_per_rank || exit 2
 say "job $SLURM_JOB_ID start $restart: $SLURM_JOB_NUM_NODES nodes ($SLURM_JOB_NODELIST)," \
-    "$SLURM_NTASKS ranks, ${SLURM_GPUS_ON_NODE:-0} GPUs per node; ranks log to $rank_log"
+    "$SLURM_NTASKS ranks, ${SLURM_GPUS_ON_NODE:-0} GPUs per node, $cpus_per_task CPUs per rank ($cpus_how);" \
+    "ranks log to $rank_log"
 
 # ---- NCCL and CUDA for Megatron on H100 + InfiniBand (no effect on CPU runs) --------------
 # One hardware work queue per GPU keeps Megatron's TP communication kernels in issue order, so
-# they overlap with compute (needed before Blackwell; not with FSDP).
+# they overlap with compute (needed before Blackwell; not with FSDP). Training only: the engine's
+# workers start without it (megatron_prorl/runtime/launcher_env.py, TRAINING_ONLY_ENV).
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 # InfiniBand service level NCCL uses, as Megatron-LM's cluster examples set it; ask the
 # cluster's admins which one their fabric gives to NCCL.
@@ -78,8 +108,8 @@ export NCCL_P2P_NET_CHUNKSIZE=${NCCL_P2P_NET_CHUNKSIZE:-2097152}
 export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
 # NCCL's own reasons for a failure (a dead link, a timeout) in the rank logs.
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-# CPU-side threads per rank: the CPUs Slurm gave the task.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+# CPU-side threads per rank: the CPUs it gets.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$cpus_per_task}
 export PYTHONUNBUFFERED=1
 
 # ---- Launcher variables TensorRT-LLM must not inherit (the one place in this script) -----
@@ -88,7 +118,7 @@ export PYTHONUNBUFFERED=1
 # torch.distributed, not MPI: srun gets --mpi=none (below) so Slurm adds no PMI variables, and
 # the ones inherited from the submitting shell are dropped here. SLURM_* must reach the ranks
 # (their rank and world size); the trainer drops those itself just before it starts the engine.
-# The list is megatron_prorl.launcher_env.LAUNCHER_ENV_PREFIXES without SLURM (a test checks it).
+# The list is megatron_prorl.runtime.launcher_env.LAUNCHER_ENV_PREFIXES without SLURM (a test checks it).
 launcher_env_prefixes=(PMI PMIX MPI OMPI)
 for name in $(compgen -e); do
     for prefix in "${launcher_env_prefixes[@]}"; do
@@ -97,11 +127,10 @@ for name in $(compgen -e); do
 done
 
 # ---- The ranks ---------------------------------------------------------------------------
-# srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): pass it on. All GPUs of
-# a node stay visible to each of its ranks (no --gpus-per-task): each rank picks its own by
+# srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): it is given explicitly. All
+# GPUs of a node stay visible to each of its ranks (no --gpus-per-task): each rank picks its own by
 # local rank, and CUDA IPC between the ranks of a node needs them visible.
-srun_args=(--kill-on-bad-exit=1 --mpi=none --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
-           --output="$rank_log")
+srun_args=(--kill-on-bad-exit=1 --mpi=none --cpus-per-task="$cpus_per_task" --output="$rank_log")
 if [[ -n ${PRORL_IMAGE:-} ]]; then
     srun_args+=(--container-image="$PRORL_IMAGE" --container-workdir="$PWD"
                 --container-mounts="$PWD:$PWD${PRORL_MOUNTS:+,$PRORL_MOUNTS}" --no-container-mount-home)

@@ -66,8 +66,9 @@ def test_without_cuda_each_says_so_without_a_traceback(runs, name):
     assert code == (1 if name == "selftest" else 0)
 
 
-def test_the_bench_scripts_are_the_three_measurements():
-    assert [p.name for p in BENCHES] == ["bench_policy_mfu.py", "bench_rollout.py", "bench_weight_sync.py"]
+def test_the_bench_scripts_are_the_four_measurements():
+    assert [p.name for p in BENCHES] == ["bench_memory_plan.py", "bench_policy_mfu.py", "bench_rollout.py",
+                                         "bench_weight_sync.py"]
     assert tuple(f"bench/gpu/{p.name}" for p in BENCHES) == _load(ROOT / "scripts" / "gpu_selftest.py").BENCHES
 
 
@@ -143,8 +144,70 @@ def test_main_runs_the_tests_then_each_benchmark_and_fails_on_any_failure(runs, 
     assert selftest.main(["--out", str(tmp_path)]) == 0
     assert ran == ["pytest -m gpu tests/gpu", *selftest.BENCHES]
     printed = capsys.readouterr().out
-    assert f"OK: 3 passed, 0 failed, {len(GPU_TESTS)} skipped" in printed and "NVIDIA H200 x1" in printed
+    assert f"OK: {len(selftest.BENCHES)} passed, 0 failed, {len(GPU_TESTS)} skipped" in printed
+    assert "NVIDIA H200 x1" in printed
     outputs["bench/gpu/bench_rollout.py"] = (1, "Traceback (...)\nRuntimeError: CUDA out of memory")
     assert selftest.main(["--out", str(tmp_path), "--no-bench"]) == 0
     assert selftest.main(["--out", str(tmp_path)]) == 1
-    assert f"FAILED: 2 passed, 1 failed, {len(GPU_TESTS)} skipped" in capsys.readouterr().out
+    assert (f"FAILED: {len(selftest.BENCHES) - 1} passed, 1 failed, {len(GPU_TESTS)} skipped"
+            in capsys.readouterr().out)
+
+
+def test_an_engine_that_cannot_start_fails_the_self_check(runs, monkeypatch, tmp_path, capsys):
+    """The image's engine is TensorRT-LLM: when it lacks something it needs (ray here, the
+    package itself when asked for by --engine), the self-check fails with a row naming it,
+    instead of passing with its tests skipped. Only the machine is stood in for: CUDA (none
+    here), the pytest run (its report: every GPU test skipped) and whether ray is installed."""
+    import importlib
+    import shutil
+
+    import torch
+
+    selftest = _load(ROOT / "scripts" / "gpu_selftest.py")
+
+    def run(what, cmd, log):
+        shutil.copy(runs["junit"], cmd[-1].removeprefix("--junitxml="))
+        return 0, ""
+
+    monkeypatch.setattr(selftest, "_run", run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")
+
+    def verdict(*args: str) -> tuple[int, str]:
+        code = selftest.main(["--out", str(tmp_path), "--no-bench", *args])
+        return code, capsys.readouterr().out
+
+    # Without TensorRT-LLM (CI; in the image this part cannot occur): auto holds the machine to
+    # the transformers engine; asking for TensorRT-LLM fails, naming the package.
+    if importlib.util.find_spec("tensorrt_llm") is None:
+        assert selftest.resolve_engine("auto") == "transformers"
+        code, out = verdict()
+        assert code == 0 and "rollout engine transformers: available" in out
+        code, out = verdict("--engine", "tensorrt_llm")
+        assert code == 1 and f"FAILED: 0 passed, 1 failed, {len(GPU_TESTS)} skipped" in out
+        (row,) = [line for line in out.splitlines() if line.startswith("rollout engine tensorrt_llm ")]
+        assert row.split()[3] == "failed" and "needs the 'tensorrt_llm' package" in row
+
+    # The image: TensorRT-LLM of the targeted release installed, so auto means it; without ray
+    # the engine cannot start (the adapter pins its engine through a private Ray instance).
+    from helpers.fake_dist import write_distribution
+
+    from megatron_prorl.rollout.trtllm import TARGET_RELEASE
+
+    site = write_distribution(tmp_path / "site", "tensorrt_llm", TARGET_RELEASE, {"__init__.py": ""})
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    find_spec = importlib.util.find_spec
+    ray_spec = {"ray": None}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: ray_spec["ray"] if name == "ray" else find_spec(name, *a))
+    assert selftest.resolve_engine("auto") == "tensorrt_llm"
+    code, out = verdict()
+    assert code == 1 and "rollout engine tensorrt_llm: CANNOT START: ray is not installed" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("rollout engine tensorrt_llm ")]
+    assert row.split()[3:6] == ["failed", "ray", "is"]
+    ray_spec["ray"] = object()  # ray installed: nothing missing, the verdict is the tests'
+    code, out = verdict()
+    assert code == 0 and "rollout engine tensorrt_llm: available" in out
+    assert "tensorrt_llm" not in sys.modules  # looked up, never imported (its import starts MPI)

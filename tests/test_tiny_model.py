@@ -99,6 +99,20 @@ def test_heldout_file_is_the_scripts_disjoint_split(heldout, script):
     assert all(r.ground_truth == str(a + b) for r, (a, b) in zip(adds, held))
 
 
+def test_corpus_only_writes_the_warmup_examples_and_no_model(script, heldout, tmp_path, capsys):
+    script.main(["--corpus-only", str(tmp_path)])
+    assert [p.name for p in tmp_path.iterdir()] == ["pretraining.jsonl"]  # no model, no card
+    texts = [json.loads(line)["text"] for line in (tmp_path / "pretraining.jsonl").read_text().splitlines()]
+    tok = build_byte_tokenizer()
+    train, _ = script.split_additions(12345, 200)
+    a, b = train[0]
+    assert texts[0] == render_prompt(tok, script.addition_row(a, b)) + f" \\boxed{{{a + b}}}"
+    assert len(texts) == len(set(texts)) and sum("\\boxed{" in t for t in texts) == len(train)
+    assert any(t.endswith("</answer>") for t in texts)
+    prompts = {t.split("<|assistant|>")[0] for t in texts}
+    assert not any(render_prompt(tok, r).split("<|assistant|>")[0] in prompts for r in heldout)
+
+
 def test_warmup_batch_labels_only_the_completion(script):
     tok = build_byte_tokenizer()
     row = script.addition_row(23, 45)

@@ -70,12 +70,13 @@ def flops_per_token(arch, seq_len: int) -> float:
 
 def _measure(precision: str, seq_len: int, seqs: int, steps: int, recompute: bool) -> dict:
     from checkpoint_convert.arch import hf_arch
-    from megatron_prorl import device
-    from megatron_prorl.accelerator import missing_for_fp8
-    from megatron_prorl.actor import PolicyActor
-    from megatron_prorl.batch import from_sequences
-    from megatron_prorl.config import ProRLConfig, resolve_transformer_impl
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime import device
+    from megatron_prorl.runtime.accelerator import missing_for_fp8
+    from megatron_prorl.train.actor import PolicyActor
+    from megatron_prorl.train.batch import from_sequences
+    from megatron_prorl.config import ProRLConfig
+    from megatron_prorl.runtime.accelerator import resolve_transformer_impl
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
 
     if precision == "fp8" and (missing := missing_for_fp8()):
         return {"skipped": f"FP8 needs {missing}"}
@@ -122,7 +123,7 @@ def main() -> None:
     ap.add_argument("--no-recompute", action="store_true", help="keep activations (no recomputation)")
     args = ap.parse_args()
     require_cuda()
-    from megatron_prorl.launch import spawn
+    from megatron_prorl.runtime.launch import spawn
 
     print(f"{'precision':9} {'spec':18} {'tokens':>7} {'fwd+bwd s':>9} {'tokens/s':>9} {'MFU':>6} "
           f"{'logprob fwd tok/s':>17} {'peak GiB':>8}")

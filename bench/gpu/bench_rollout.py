@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--engines", default="transformers,tensorrt_llm")
     args = ap.parse_args()
     require_cuda()
-    from megatron_prorl.launch import spawn
+    from megatron_prorl.runtime.launch import spawn
 
     batches = [int(b) for b in args.batches.split(",")]
     print(f"{torch.cuda.get_device_name()}: n={args.n} prompt_len={args.prompt_len} new_tokens={args.new_tokens} "

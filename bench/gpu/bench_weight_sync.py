@@ -24,9 +24,9 @@ from gpu_common import emit, engines, peak_memory_gib, r1_distill_qwen_1p5b, req
 
 def _sync(engine_name: str, repeats: int, bucket_mb: int) -> dict:
     from checkpoint_convert.arch import hf_arch
-    from megatron_prorl import device
+    from megatron_prorl.runtime import device
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
     from megatron_prorl.models.builder import build_gpt_model
     from megatron_prorl.rollout import SamplingParams, build_engine_from_config
     from megatron_prorl.weight_sync import WeightSync
@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     require_cuda()
     from megatron_prorl.config import RolloutConfig
-    from megatron_prorl.launch import spawn
+    from megatron_prorl.runtime.launch import spawn
 
     args.bucket_mb = args.bucket_mb or RolloutConfig.sync_bucket_mb
 

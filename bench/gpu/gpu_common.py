@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parents[1]
+TESTS_DIR = BENCH_DIR.parent / "tests"
 PREFIX = "BENCH_JSON "
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False): nothing to measure"
 
@@ -55,18 +56,14 @@ def peak_memory_gib() -> float:
 
 
 def write_random_hf_dir(out: Path, hf_config: dict) -> Path:
-    """``hf_config`` with transformers' random init (std = initializer_range) in bf16 and the
-    project's byte tokenizer, as a Hugging Face directory (what TensorRT-LLM loads)."""
-    from transformers import AutoModelForCausalLM
+    """``hf_config`` with transformers' random init (std = initializer_range) in bf16, drawn on
+    the GPU, and the project's byte tokenizer, as a Hugging Face directory (what TensorRT-LLM
+    loads), written by the tests' writer (tests/helpers/hf_models.py)."""
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.insert(0, str(TESTS_DIR))
+    from helpers.hf_models import write_hf_dir
 
-    from megatron_prorl.rollout.hf_engine import config_from_dict
-    from megatron_prorl.tokenizer import build_byte_tokenizer
-
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config_from_dict(hf_config), dtype=torch.bfloat16)
-    model.save_pretrained(out)
-    build_byte_tokenizer().save_pretrained(out)
-    del model
+    write_hf_dir(out, hf_config, dtype=torch.bfloat16, device="cuda")
     torch.cuda.empty_cache()
     return out
 

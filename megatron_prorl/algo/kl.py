@@ -15,7 +15,7 @@ equals ProRL v2's (k2 clamped to [-10, 10]), and ``clamp=None`` gives verl's unc
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -48,14 +48,16 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return torch.expm1(d) - d  # expm1 keeps the precision that exp(d) - 1 loses for small d
 
 
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3",
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: Union[str, KLFn] = "k3",
                clamp: Optional[float] = KL_CLAMP) -> Tensor:
-    """Per-token KL estimate of estimator ``kind`` clamped to ``[-clamp, clamp]`` (None: unclamped);
-    see the module docstring for how this matches verl."""
+    """Per-token KL estimate of estimator ``kind`` (a registered name, or the estimator itself)
+    clamped to ``[-clamp, clamp]`` (None: unclamped); see the module docstring for how this
+    matches verl."""
     if logprobs.shape != ref_logprobs.shape:
         raise ValueError(
             f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ in shape")
-    kl = get_kl(kind)(logprobs, ref_logprobs.detach())
+    estimator = get_kl(kind) if isinstance(kind, str) else kind
+    kl = estimator(logprobs, ref_logprobs.detach())
     if clamp is not None:
         if clamp <= 0:
             raise ValueError(f"KL clamp={clamp}: must be > 0")

@@ -14,8 +14,9 @@ A policy loss is registered per token: ``fn(log_ratio, advantages, mask, *, eps_
 **kwargs) -> (loss_tok [B, T], indicators)`` where ``log_ratio = logp - old_logp`` (finite, 0
 off-mask), ``advantages`` is ``[B, T]`` and ``indicators`` maps metric names to ``[B, T]``
 bool/float tensors that :func:`policy_loss` averages over response tokens. Extra keyword
-arguments of :func:`policy_loss` / :func:`total_loss` reach the loss as they are; the trainer
-passes ``clip_ratio_c`` (``algo.clip_ratio_c``), so a loss that has no use for it takes ``**_``.
+arguments of :func:`policy_loss` / :func:`total_loss` reach the loss as they are; the training
+objective (:mod:`megatron_prorl.algo.objective`) passes ``clip_ratio_c`` (``algo.clip_ratio_c``),
+so a loss that has no use for it takes ``**_``.
 Masking, truncated importance sampling and aggregation are done once, here, for every
 registered loss.
 """
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from megatron_prorl.algo.advantages import broadcast_advantages
-from megatron_prorl.algo.kl import KL_CLAMP, kl_penalty
+from megatron_prorl.algo.kl import KL_CLAMP, KLFn, kl_penalty
 from megatron_prorl.algo.utils import LOG_RATIO_CLAMP, check_mask, check_shape, masked_sum
 from megatron_prorl.registry import Registry
 
@@ -121,9 +122,10 @@ def decoupled_clip(log_ratio: Tensor, advantages: Tensor, mask: Tensor, *, eps_l
 def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
                 eps_low: float = 0.2, eps_high: float = 0.4, agg: str = "token-mean",
                 tis_weights: Optional[Tensor] = None, *, num_tokens: Optional[Count] = None,
-                num_seqs: Optional[Count] = None, kind: str = "decoupled_clip",
+                num_seqs: Optional[Count] = None, kind: Union[str, PolicyLossFn] = "decoupled_clip",
                 **loss_kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """Aggregated policy loss of the registered loss ``kind`` and its metrics (0-d, detached).
+    """Aggregated policy loss of ``kind`` (a registered name, or the loss itself) and its metrics
+    (0-d, detached).
 
     ``advantages``: per response ``[B]`` or per token ``[B, T]``. ``tis_weights`` ``[B, T]``
     multiply the per-token loss. ``loss_kwargs`` go to the loss (``decoupled_clip``:
@@ -139,7 +141,8 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
         advantages = broadcast_advantages(advantages, m)
     check_shape(advantages, logprobs, "advantages")
     log_ratio = torch.where(m, logprobs - old_logprobs.detach(), 0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    loss_tok, indicators = get_policy_loss(kind)(
+    loss_fn = get_policy_loss(kind) if isinstance(kind, str) else kind
+    loss_tok, indicators = loss_fn(
         log_ratio, advantages.detach(), m, eps_low=eps_low, eps_high=eps_high, **loss_kwargs)
     if tis_weights is not None:
         check_shape(tis_weights, logprobs, "tis_weights")
@@ -158,8 +161,8 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
 
 def total_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
                ref_logprobs: Optional[Tensor] = None, entropy: Optional[Tensor] = None,
-               kl_beta: float = 0.0, kl_estimator: str = "k3", kl_clamp: Optional[float] = KL_CLAMP,
-               entropy_coef: float = 0.0, policy_loss_kind: str = "decoupled_clip",
+               kl_beta: float = 0.0, kl_estimator: Union[str, KLFn] = "k3", kl_clamp: Optional[float] = KL_CLAMP,
+               entropy_coef: float = 0.0, policy_loss_kind: Union[str, PolicyLossFn] = "decoupled_clip",
                eps_low: float = 0.2, eps_high: float = 0.4, agg: str = "token-mean",
                tis_weights: Optional[Tensor] = None, num_tokens: Optional[Count] = None,
                num_seqs: Optional[Count] = None, **loss_kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -167,6 +170,8 @@ def total_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask:
 
     ``entropy`` is the per-token policy entropy ``[B, T]`` (computed model-side). ``kl`` and
     ``entropy`` are reported whenever given, even when their coefficient is 0 (monitoring).
+    ``kl_estimator`` and ``policy_loss_kind`` are registered names or the functions themselves
+    (:class:`~megatron_prorl.algo.objective.PolicyObjective` passes functions it resolved once).
     ``loss_kwargs`` go to the policy loss (see :func:`policy_loss`). Returns the loss and a flat
     dict of 0-d detached metrics: ``loss``, ``pg_loss``, the policy loss's metrics, and ``kl`` /
     ``entropy`` when available.

@@ -67,12 +67,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from megatron_prorl import domains
 from megatron_prorl.data import code_tests, jsoncodec
 from megatron_prorl.data.schema import BadRow, Row, check_domain
+from megatron_prorl.domains.text import boxed_answers
 from megatron_prorl.registry import Registry
-from megatron_prorl.rewards.text import boxed_answers
-
-STRUCTURED_DOMAINS = ("code", "logic", "ifeval")
 
 
 class Skip(Exception):
@@ -128,11 +127,12 @@ def _prorl(rec: dict) -> Row:
     domain = _text(rec, "domain")
     check_domain(domain)
     truth = _field(rec, "ground_truth")
-    if domain in STRUCTURED_DOMAINS:
+    record = domains.get(domain)
+    if record.structured_ground_truth:
         truth = jsoncodec.decode(jsoncodec.parse_field(truth, "ground_truth"))
-    elif isinstance(truth, str) or domain in ("math", "stem"):
+    elif isinstance(truth, str) or record.answers:
         truth = _answer(truth, "ground_truth")
-    else:  # a user-registered domain's structured ground truth, as the file gives it
+    else:  # a structure the domain's record does not declare: kept as the file gives it
         truth = jsoncodec.decode(truth)
     extra = jsoncodec.decode(jsoncodec.parse_field(rec.get("extra") or {}, "extra"))
     return Row(prompt=_text(rec, "prompt"), domain=domain, ground_truth=truth,
@@ -354,7 +354,7 @@ def to_record(row: Row, *, json_strings: bool) -> dict:
     """The ``prorl`` record of ``row`` (inverse of its converter). ``json_strings``: store
     structured ground truths and ``extra`` as JSON strings, as Arrow/Parquet columns need."""
     truth = row.ground_truth
-    if row.domain in STRUCTURED_DOMAINS or not isinstance(truth, str):
+    if domains.get(row.domain).structured_ground_truth or not isinstance(truth, str):
         truth = jsoncodec.encode(truth)
         truth = json.dumps(truth) if json_strings else truth
     extra = jsoncodec.encode(row.extra)

@@ -2,7 +2,10 @@
 
 - ``arithmetic:add``: "What is {a}+{b}?" with a, b uniform in 10..99 (``?low=..&high=..``
   change the range), domain math, ground truth the sum as a string. The embedded tiny default
-  trains on exactly this text: do not change it.
+  trains on exactly this text: do not change it. ``?terms=3`` draws three terms
+  ("What is {a}+{b}+{c}?"): a harder variant of the same task.
+- ``arithmetic:sub``: "What is {a}-{b}?", the same options, the terms sorted largest first (a
+  two-term difference is never negative): a task the tiny default never trained on.
 - ``reasoning_gym:TASK``: any Reasoning Gym task, generated offline by
   ``reasoning_gym.create_dataset(TASK, seed=seed, size=size, **config)``; the query string is
   the task's config (values parsed as JSON when they parse, e.g.
@@ -60,18 +63,26 @@ def _value(text: str) -> Any:
         return text
 
 
+_OPERATORS = {"add": "+", "sub": "-"}
+
+
 def _arithmetic(op: str, size: int, seed: int, config: dict) -> list[Row]:
-    if op != "add":
-        raise DataError(f"arithmetic:{op}: unknown operation (known: add)")
-    low, high = config.pop("low", 10), config.pop("high", 99)
-    if config or not (isinstance(low, int) and isinstance(high, int) and low <= high):
-        raise DataError(f"arithmetic:add takes integer 'low' <= 'high' only, got {dict(config, low=low, high=high)}")
+    if op not in _OPERATORS:
+        raise DataError(f"arithmetic:{op}: unknown operation (known: {', '.join(_OPERATORS)})")
+    low, high, terms = config.pop("low", 10), config.pop("high", 99), config.pop("terms", 2)
+    if config or not (all(isinstance(v, int) for v in (low, high, terms)) and low <= high and terms >= 2):
+        raise DataError(f"arithmetic:{op} takes integer 'low' <= 'high' and 'terms' >= 2 only, "
+                        f"got {dict(config, low=low, high=high, terms=terms)}")
     rng = random.Random(seed)
     rows = []
     for i in range(size):
-        a, b = rng.randint(low, high), rng.randint(low, high)
-        rows.append(Row(prompt=f"What is {a}+{b}?", domain="math", ground_truth=str(a + b),
-                        source="arithmetic:add", id=f"arithmetic:add:{seed}:{i}"))
+        # Drawn in order, so two terms give exactly the rows (and RNG stream) add always gave.
+        xs = [rng.randint(low, high) for _ in range(terms)]
+        if op == "sub":
+            xs.sort(reverse=True)
+        answer = sum(xs) if op == "add" else xs[0] - sum(xs[1:])
+        rows.append(Row(prompt=f"What is {_OPERATORS[op].join(map(str, xs))}?", domain="math",
+                        ground_truth=str(answer), source=f"arithmetic:{op}", id=f"arithmetic:{op}:{seed}:{i}"))
     return rows
 
 

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
-if TYPE_CHECKING:
-    from megatron_prorl.data.loader import Source
-    from megatron_prorl.data.schema import Row
+from megatron_prorl.data.schema import Row
 
 
 def problem_key(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def held_out_keys(rows: Iterable["Row"]) -> set[str]:
+def held_out_keys(rows: Iterable[Row]) -> set[str]:
     return {problem_key(r.prompt) for r in rows}
 
 
@@ -35,9 +33,7 @@ def fingerprint(keys: set[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def drop_held_out(source: "Source", keys: set[str], reason: str) -> None:
-    """Remove ``source``'s rows whose problem is in ``keys``, counted under ``reason``."""
-    kept = [r for r in source.rows if problem_key(r.prompt) not in keys]
-    if len(kept) < len(source.rows):
-        source.dropped[reason] += len(source.rows) - len(kept)
-        source.rows = kept
+def split_held_out(rows: list[Row], keys: set[str]) -> tuple[list[Row], int]:
+    """``rows`` whose problem is not in ``keys``, and how many were."""
+    kept = [r for r in rows if problem_key(r.prompt) not in keys]
+    return kept, len(rows) - len(kept)

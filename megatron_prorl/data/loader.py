@@ -25,17 +25,15 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
-from megatron_prorl import builtin
+from megatron_prorl import builtin, domains
+from megatron_prorl.config import DataConfig, DataSourceConfig, choice
 from megatron_prorl.data import generators, heldout, prompts
 from megatron_prorl.data.formats import FORMATS, Skip, to_record
 from megatron_prorl.data.readers import HUB_PREFIX, read_hub, read_records
 from megatron_prorl.data.schema import BadRow, Row, check_row
 from megatron_prorl.errors import DataError
-
-if TYPE_CHECKING:
-    from megatron_prorl.config import DataConfig, DataSourceConfig
 
 WARNINGS_PER_FILE = 10
 
@@ -55,6 +53,12 @@ class Source:
     dropped: Counter = field(default_factory=Counter)  # reason -> rows
     truncated: int = 0  # rows kept whose prompt encode_prompt will cut
 
+    def drop_held_out(self, keys: set[str], reason: str) -> None:
+        """Remove the rows whose problem is in ``keys`` (:mod:`.heldout`), counted under ``reason``."""
+        self.rows, dropped = heldout.split_held_out(self.rows, keys)
+        if dropped:
+            self.dropped[reason] += dropped
+
     def summary(self) -> str:
         parts = [f"{len(self.rows)} rows"]
         if self.bad:
@@ -65,7 +69,7 @@ class Source:
         return f"{self.name}: " + ", ".join(parts)
 
 
-def load_source(src: "DataSourceConfig", seed: int = 0, name: Optional[str] = None) -> Source:
+def load_source(src: DataSourceConfig, seed: int = 0, name: Optional[str] = None) -> Source:
     """Rows of one source; ``seed`` seeds generator sources (files ignore it)."""
     name = name or source_label(src)
     if not src.path:
@@ -117,7 +121,7 @@ def load_source(src: "DataSourceConfig", seed: int = 0, name: Optional[str] = No
     return source
 
 
-def source_label(src: "DataSourceConfig") -> str:
+def source_label(src: DataSourceConfig) -> str:
     """A readable name: the generator path, or the file name; with the domain it keeps, if any."""
     generated = generators.is_generator(src.path)
     label = src.path if generated or src.path.startswith(HUB_PREFIX) else Path(src.path).name
@@ -146,8 +150,31 @@ class Data:
                          for s in sources)
 
 
-def load_data(cfg: "DataConfig", tokenizer=None, max_prompt_length: Optional[int] = None) -> Data:
+def check_config(d: DataConfig) -> None:
+    """Every source names a known format and a registered task domain."""
+    for split in ("train", "val"):
+        for i, src in enumerate(getattr(d, split)):
+            key = f"data.{split}[{i}]"
+            choice(f"{key}.domain", src.domain, ("", *domains.names()))
+            choice(f"{key}.format", src.format, FORMATS.names())
+
+
+def check_files(d: DataConfig) -> None:
+    """Every local file the sources name exists; a missing one is named with the key that
+    points at it (before a run starts, so it leaves nothing behind)."""
+    for split in ("train", "val"):
+        for i, src in enumerate(getattr(d, split)):
+            if generators.is_generator(src.path) or src.path.startswith(HUB_PREFIX):
+                continue
+            path = builtin.resolve(src.path)
+            if not path.exists():
+                shown = "" if str(path) == src.path else f" ({path})"
+                raise DataError(f"data.{split}[{i}].path={src.path!r}: no such file or directory{shown}")
+
+
+def load_data(cfg: DataConfig, tokenizer=None, max_prompt_length: Optional[int] = None) -> Data:
     """All train and val sources of ``cfg``; prompt lengths are checked when a tokenizer is given."""
+    check_files(cfg)
     data = Data(train=load_split(cfg, "train"), val=load_split(cfg, "val"))
     if not data.train:
         raise DataError("data.train has no sources")
@@ -156,14 +183,14 @@ def load_data(cfg: "DataConfig", tokenizer=None, max_prompt_length: Optional[int
             _apply_length_limit(source, tokenizer, max_prompt_length, cfg.overlong_prompts)
     held_out = heldout.held_out_keys(r for s in data.val for r in s.rows)
     for source in data.train:
-        heldout.drop_held_out(source, held_out, "also in val")
+        source.drop_held_out(held_out, "also in val")
     for source in data.train + data.val:
         if not source.rows:
             raise DataError(f"data source {source.path}: no rows left ({source.summary()})")
     return data
 
 
-def load_split(cfg: "DataConfig", split: str) -> list[Source]:
+def load_split(cfg: DataConfig, split: str) -> list[Source]:
     """The sources of ``cfg.train`` or ``cfg.val``, named uniquely, generators seeded per split."""
     sources, names = [], Counter()
     for src in getattr(cfg, split):

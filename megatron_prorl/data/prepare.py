@@ -25,7 +25,10 @@ local copy (``--source math=/data/deepscaler.json``: JSON, JSON Lines, Parquet o
 :func:`~megatron_prorl.data.loader.load_source`; then every problem that is also in a
 validation set (what the config's ``data.val`` names) or in a benchmark file given with
 ``--benchmark`` is removed, by normalised text (:func:`~megatron_prorl.data.heldout.problem_key`).
-The validation file is written first, since that check needs it, whatever ``--only`` selects.
+The validation file is written first, since that check needs it, whatever ``--only`` selects,
+when the config's ``data.val`` reads it (the 1.5B config does: it is that run's validation set
+and what is held out of every training file); with a ``--config`` whose ``data.val`` does not
+name it, it is not written.
 
 Resumable: each file is written to a temporary name, flushed to disk and renamed, then
 recorded in ``DIR/prepared.json`` with the inputs it was made from (source, file size and
@@ -47,11 +50,14 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from megatron_prorl import domains
+from megatron_prorl.config import ConfigError, DataSourceConfig, load_config
 from megatron_prorl.data import heldout
 from megatron_prorl.data import reasoning_gym_mix as mix
 from megatron_prorl.data.formats import FORMATS
-from megatron_prorl.data.loader import BadRowWarning, Source, load_source, load_split, save_rows
-from megatron_prorl.data.readers import HUB_PREFIX
+from megatron_prorl.data.loader import BadRowWarning, Source, check_config, load_source, load_split, save_rows
+from megatron_prorl.data.readers import HUB_PREFIX, HubUnreachable
+from megatron_prorl.registry import resolve
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "prorl_1p5b_4node.yaml"
 MANIFEST = "prepared.json"
@@ -59,24 +65,11 @@ LOGIC_VAL_FILE = "logic_val.jsonl"
 HELD_OUT_REASON = "also in val or a benchmark"
 
 
-@dataclass(frozen=True)
-class Public:
-    """A public dataset of ProRL's: where it is on the hub and the converter of its rows."""
-    source: str
-    format: str
-
-
-PUBLIC: dict[str, Public] = {
-    "math": Public("hf:agentica-org/DeepScaleR-Preview-Dataset", "deepscaler"),
-    "code": Public("hf:PRIME-RL/Eurus-2-RL-Data", "eurus2"),
-    "stem": Public("hf:EricLu/SCP-116K", "scp116k"),
-    "ifeval": Public("hf:nvidia/Llama-Nemotron-Post-Training-Dataset?name=RL&split=instruction_following",
-                     "llama_nemotron_if"),
-}
-
-
-# The five domains of the paper's data, in the order they are written.
-DOMAINS = ("math", "code", "stem", "logic", "ifeval")
+def default_domains() -> tuple[str, ...]:
+    """The domains whose record says where their data comes from (the paper's five): what
+    ``prorl data prepare`` writes unless ``--only`` says otherwise."""
+    return tuple(n for n in domains.in_report_order(domains.names())
+                 if domains.get(n).prepare.source or domains.get(n).prepare.generate)
 
 
 def train_file(domain: str) -> str:
@@ -90,7 +83,7 @@ class PrepareError(Exception):
 @dataclass
 class Options:
     out: Path
-    only: tuple[str, ...] = DOMAINS
+    only: tuple[str, ...] = ()  # () : default_domains(), and the domains given a --source
     sources: dict[str, str] = field(default_factory=dict)  # domain -> local path or hf: spec
     benchmarks: list[tuple[str, str]] = field(default_factory=list)  # (format, local path or hf: spec)
     config: Path = DEFAULT_CONFIG
@@ -106,17 +99,21 @@ def prepare(opts: Options, echo: Callable[[str], None] = print) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
     manifest = _Manifest(opts.out / MANIFEST, echo)
     logic_inputs = {"mix": mix.fingerprint(), "seed": data_cfg.seed}
-    _step(manifest, LOGIC_VAL_FILE, dict(logic_inputs, size=opts.logic_val_size), None, echo,
-          partial(_generated, "val", opts.logic_val_size, data_cfg.seed))
+    if any(Path(src.path).resolve() == (opts.out / LOGIC_VAL_FILE).resolve() for src in data_cfg.val):
+        _step(manifest, LOGIC_VAL_FILE, dict(logic_inputs, size=opts.logic_val_size), None, echo,
+              partial(_generated, "val", opts.logic_val_size, data_cfg.seed, domains.get("logic").prepare.generate))
+    else:
+        echo(f"{LOGIC_VAL_FILE}: not written (the config's data.val does not read it)")
     held = _held_out(data_cfg, opts.benchmarks, echo)
-    for domain in (d for d in DOMAINS if d in opts.only):
-        if domain == "logic":
+    for domain in _selected(opts):
+        how = domains.get(domain).prepare
+        if how.generate:
             inputs = dict(logic_inputs, size=opts.logic_train_size)
-            make = partial(_generated, "train", opts.logic_train_size, data_cfg.seed)
+            make = partial(_generated, "train", opts.logic_train_size, data_cfg.seed, how.generate)
         else:
-            spec, fmt = opts.sources.get(domain, PUBLIC[domain].source), PUBLIC[domain].format
-            inputs = dict(_source_identity(spec), format=fmt)
-            make = partial(_load, f"{domain} source {spec}", spec, fmt, domain, echo)
+            spec = opts.sources.get(domain, how.source)
+            inputs = dict(_source_identity(spec), format=how.format)
+            make = partial(_load, f"{domain} source {spec}", spec, how.format, domain, echo)
         _step(manifest, train_file(domain), dict(inputs, held_out=heldout.fingerprint(held)), held, echo, make)
     echo(f"prepared {opts.out}: " + ", ".join(f"{name} ({entry['rows']} rows)"
                                                for name, entry in sorted(manifest.entries.items())))
@@ -134,7 +131,7 @@ def _step(manifest: "_Manifest", name: str, inputs: dict, held: set[str] | None,
         return
     source = make()
     if held:
-        heldout.drop_held_out(source, held, HELD_OUT_REASON)
+        source.drop_held_out(held, HELD_OUT_REASON)
     if not source.rows:
         raise PrepareError(f"{name}: no rows left ({source.summary()})")
     _write_atomically(path, lambda tmp: save_rows(source.rows, tmp))
@@ -142,9 +139,10 @@ def _step(manifest: "_Manifest", name: str, inputs: dict, held: set[str] | None,
     echo(f"{name}: {source.summary()}")
 
 
-def _generated(split: str, size: int, seed: int) -> Source:
+def _generated(split: str, size: int, seed: int, generate: str) -> Source:
+    """Rows made by a domain's generator (``"module:function"``, called as ``(split, size, seed)``)."""
     with contextlib.redirect_stdout(io.StringIO()):  # bf's compiler prints a dot per program
-        rows = mix.generate(split, size, seed)
+        rows = resolve(generate)(split, size, seed)
     tasks = len({r.ground_truth["task"] for r in rows})
     return Source(f"Reasoning Gym {split} mix ({tasks} tasks)", "reasoning_gym", 1.0, rows)
 
@@ -152,8 +150,6 @@ def _generated(split: str, size: int, seed: int) -> Source:
 def _load(what: str, spec: str, fmt: str, domain: str, echo: Callable[[str], None]) -> Source:
     """One source through load_source; its bad-row warnings are echoed, and any failure to read
     it (missing or unparsable file, Arrow or hub error) becomes one line naming the source."""
-    from megatron_prorl.config import DataSourceConfig
-
     datasets_log = logging.getLogger("datasets")
     level = datasets_log.level
     datasets_log.setLevel(logging.CRITICAL)  # it logs, over many lines, the failure reported here
@@ -161,6 +157,10 @@ def _load(what: str, spec: str, fmt: str, domain: str, echo: Callable[[str], Non
         warnings.simplefilter("always", BadRowWarning)
         try:
             source = load_source(DataSourceConfig(path=spec, format=fmt, domain=domain))
+        except HubUnreachable as exc:
+            flag = f"--source {domain}=PATH" if domain else "a local file as --benchmark FORMAT=PATH"
+            raise PrepareError(f"{what}: {exc.why}; give a local copy with {flag} (JSON, JSON Lines, Parquet or "
+                               "a save_to_disk directory)") from None
         except Exception as exc:  # reported as the one-line error the CLI prints
             raise PrepareError(f"{what}: {_first_line(exc)}") from exc
         finally:
@@ -233,17 +233,27 @@ class _Manifest:
 
 # ----------------------------------------------------------------------------- checks
 
+def _selected(opts: Options) -> list[str]:
+    chosen = set(opts.only or default_domains() + tuple(opts.sources))
+    return domains.in_report_order(chosen)
+
+
 def _check(opts: Options) -> None:
+    known = domains.names()
     for domain in opts.only:
-        if domain not in DOMAINS:
-            raise PrepareError(f"--only {domain}: unknown domain (expected one of {', '.join(DOMAINS)})")
+        if domain not in known:
+            raise PrepareError(f"--only {domain}: unknown domain (expected one of {', '.join(known)})")
     for domain, spec in opts.sources.items():
-        if domain == "logic":
-            raise PrepareError(f"--source logic={spec}: logic is generated from Reasoning Gym "
-                               "(megatron_prorl/data/reasoning_gym_mix.py) and reads no source")
-        if domain not in PUBLIC:
-            raise PrepareError(f"--source {domain}={spec}: unknown domain (expected one of {', '.join(PUBLIC)})")
+        if domain not in known:
+            raise PrepareError(f"--source {domain}={spec}: unknown domain (expected one of {', '.join(known)})")
+        if domains.get(domain).prepare.generate:
+            raise PrepareError(f"--source {domain}={spec}: {domain} is generated "
+                               f"({domains.get(domain).prepare.generate}) and reads no source")
         _check_local(f"--source {domain}={spec}", spec)
+    for domain in _selected(opts):
+        how = domains.get(domain).prepare
+        if not (how.source or how.generate or domain in opts.sources):
+            raise PrepareError(f"--only {domain}: {domain} has no default source; give one with --source {domain}=PATH")
     for fmt, spec in opts.benchmarks:
         if fmt not in FORMATS:
             raise PrepareError(f"--benchmark {fmt}={spec}: unknown format {fmt!r} (expected one of "
@@ -262,13 +272,14 @@ def _check_local(what: str, spec: str) -> None:
 
 
 def _load_config(path: Path, out: Path):
-    """The config, with ${PRORL_DATA} resolving to ``out`` (its data.val may name files there)."""
-    from megatron_prorl.config import ConfigError, load_config
-
+    """The config, with ${PRORL_DATA} resolving to ``out`` (its data.val may name files there);
+    its data section checked (the rest is the training run's to check)."""
     previous = os.environ.get("PRORL_DATA")
     os.environ["PRORL_DATA"] = str(out)
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        check_config(cfg.data)
+        return cfg
     except ConfigError as exc:
         raise PrepareError(str(exc)) from None
     finally:
@@ -287,15 +298,17 @@ def _first_line(exc: BaseException) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="directory to write (the config's PRORL_DATA)")
-    parser.add_argument("--only", nargs="+", metavar="DOMAIN", default=list(DOMAINS),
-                        help=f"domains to write (default: all of {', '.join(DOMAINS)})")
+    parser.add_argument("--only", nargs="+", metavar="DOMAIN", default=[],
+                        help=f"domains to write (default: {', '.join(default_domains())}, and any given a --source)")
     parser.add_argument("--source", action="append", default=[], metavar="DOMAIN=PATH",
                         help="a local copy of a domain's public dataset, or another hub dataset as "
                              "hf:NAME[?name=CONFIG&split=SPLIT] (default: " +
-                             ", ".join(f"{d}={p.source}" for d, p in PUBLIC.items()) + ")")
+                             ", ".join(f"{d}={domains.get(d).prepare.source}" for d in default_domains()
+                                       if domains.get(d).prepare.source) + ")")
     parser.add_argument("--benchmark", action="append", default=[], metavar="FORMAT=PATH",
                         help="a benchmark file (or hf: dataset) in FORMAT (e.g. deepscaler for AIME, "
-                             "llama_nemotron_if for IFEval) whose problems are removed from training")
+                             "llama_nemotron_if for IFEval) whose problems are removed from training; repeatable "
+                             "(default: none)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="config whose data.val is held out of training (default: %(default)s)")
     parser.add_argument("--logic-train-size", type=int, default=mix.TRAIN_SIZE, metavar="N",

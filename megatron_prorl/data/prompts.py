@@ -1,7 +1,8 @@
 """Prompt construction: per-domain instruction, then the tokenizer's chat template.
 
-The instruction strings are part of the recipe (the math one is ProRL's verbatim); the tiny
-embedded model was trained on exactly these, so changing them changes what it sees.
+The instructions are part of the recipe and live in each domain's record
+(:mod:`megatron_prorl.domains`; the math one is ProRL's verbatim); the tiny embedded model was
+trained on exactly these, so changing them changes what it sees.
 
 Over-long prompts: by default the loader drops rows whose rendered prompt exceeds
 ``rollout.max_prompt_length`` and counts them (``data.overlong_prompts: drop``), because a
@@ -17,29 +18,35 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional, Sequence
 
+from megatron_prorl import domains
 from megatron_prorl.data.schema import Row
 
-# Domain -> the instruction after each problem.
-INSTRUCTIONS = {
-    "math": "Let's think step by step and output the final answer within \\boxed{}.",
-    "stem": "Let's think step by step and output the final answer within \\boxed{}.",
-    "code": ("Write a Python program that solves the problem. Put your final solution in a single "
-             "fenced code block: ```python ... ```."),
-    "logic": "Think step by step, then give your final answer inside <answer></answer> tags.",
-    "ifeval": "",
-}
+
+# The user turn, as an exported model's prorl_prompt.json states it (str.format fields).
+USER_TURN = "{problem}\n{instruction}"
+USER_TURN_WITHOUT_INSTRUCTION = "{problem}"
+
+
+def user_turn(problem: str, domain: str) -> str:
+    """The user turn: the problem, then the domain's instruction (its record's) on its own line."""
+    instruction = domains.get(domain).instruction
+    return (USER_TURN if instruction else USER_TURN_WITHOUT_INSTRUCTION).format(problem=problem,
+                                                                                instruction=instruction)
 
 
 def user_message(row: Row) -> str:
-    """The user turn: the problem, then the domain's instruction on its own line."""
-    instruction = INSTRUCTIONS.get(row.domain, "")  # a domain registered by a user has none
-    return f"{row.prompt}\n{instruction}" if instruction else row.prompt
+    return user_turn(row.prompt, row.domain)
 
 
 def render_prompt(tokenizer, row: Row) -> str:
     """The full prompt text the policy continues from (chat template + generation prompt)."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_message(row)}], tokenize=False, add_generation_prompt=True)
+    return render_user_turn(tokenizer, user_message(row))
+
+
+def render_user_turn(tokenizer, text: str) -> str:
+    """A user turn through the chat template, with the generation prompt after it."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:

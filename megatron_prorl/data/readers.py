@@ -24,8 +24,10 @@ with an error message in place of the record when that line could not be parsed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Iterator, Optional, Union
 from urllib.parse import parse_qsl
@@ -58,10 +60,23 @@ def read_records(path: Path, split: Optional[str] = None) -> Iterator[tuple[str,
                          f"(expected {', '.join(JSON_SUFFIXES)}, .parquet, .csv or a saved datasets directory)")
 
 
+class HubUnreachable(DataError):
+    """A hub dataset that neither the hub nor the local cache can give."""
+
+    def __init__(self, spec: str, why: str):
+        self.why = f"the Hugging Face hub cannot be reached ({why}) and the dataset is not in the local cache"
+        super().__init__(f"{spec}: {self.why}")
+
+
 def read_hub(spec: str, split: Optional[str] = None) -> Iterator[tuple[str, Record]]:
     """Records of the hub dataset ``spec`` (``hf:NAME[?name=CONFIG&split=SPLIT&revision=REV]``),
     through ``datasets.load_dataset``: its cache, or the hub unless HF_DATASETS_OFFLINE=1. The
-    split is the spec's, else ``split``, else "train"."""
+    split is the spec's, else ``split``, else "train".
+
+    Without network the hub's client retries every request for about half a minute before it
+    gives up; so the hub's endpoint is tried once first (unless offline mode is set or a proxy
+    stands between), and when it does not answer the dataset is read in offline mode: from the
+    cache, or a :class:`HubUnreachable` at once."""
     name, _, query = spec[len(HUB_PREFIX):].partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True))
     unknown = sorted(set(options) - set(HUB_OPTIONS))
@@ -71,7 +86,53 @@ def read_hub(spec: str, split: Optional[str] = None) -> Iterator[tuple[str, Reco
     import datasets
 
     split = options.pop("split", None) or split or "train"
-    yield from _rows(datasets.load_dataset(name, split=split, **options))
+    down = hub_unreachable()
+    try:
+        with _offline(down is not None):
+            dataset = datasets.load_dataset(name, split=split, **options)
+    except ConnectionError as exc:  # datasets' own, after its retries or at once in offline mode
+        raise HubUnreachable(spec, down or str(exc).splitlines()[0]) from None
+    yield from _rows(dataset)
+
+
+def hub_unreachable(timeout: float = 5.0) -> Optional[str]:
+    """Why the hub's endpoint (HF_ENDPOINT) does not answer a TCP connection, or None: it does,
+    or offline mode is set (the libraries then read their cache without trying), or a proxy is
+    configured (only the proxy can tell)."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+                                              for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if offline or urllib.request.getproxies():
+        return None
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+@contextlib.contextmanager
+def _offline(offline: bool) -> Iterator[None]:
+    """``datasets`` and the hub client in offline mode (cache only) within the block."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, Record]]:
@@ -114,7 +175,12 @@ def _not_object(item) -> str:
 def _load_saved_dataset(path: Path, split: Optional[str]):
     import datasets
 
-    loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+    try:
+        loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+    except FileNotFoundError:  # datasets' word for a directory without its dataset_info / dataset_dict
+        contents = "empty" if not any(path.iterdir()) else "no dataset_info.json or dataset_dict.json in it"
+        raise DataError(f"{path}: a directory, but not a saved datasets directory ({contents}); name a data file "
+                        "or a directory written by Dataset.save_to_disk") from None
     if isinstance(loaded, datasets.Dataset):
         return loaded
     if split is None:

@@ -30,6 +30,8 @@ import json
 from importlib.metadata import version
 from typing import Mapping
 
+from megatron_prorl.data import generators
+from megatron_prorl.data.loader import derive_seed
 from megatron_prorl.data.schema import Row
 
 TRAIN_SIZE = 37_000
@@ -106,9 +108,6 @@ def task_sizes(weights: Mapping[str, float], total: int) -> dict[str, int]:
 def generate(split: str, size: int, seed: int) -> list[Row]:
     """``size`` problems of ``split`` ('train' or 'val'), each task seeded from ``seed``, the
     split and its generator path (as ``load_data`` seeds generator sources)."""
-    from megatron_prorl.data import generators
-    from megatron_prorl.data.loader import derive_seed
-
     rows = []
     for spec, count in task_sizes(split_weights(split), size).items():
         if count:

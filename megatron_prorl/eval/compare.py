@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from megatron_prorl.eval.regimes import DEFAULT_MIN_CHANGE, classify, rule_text
 from megatron_prorl.eval.report import benchmarks, draw_pass_at_k, load_results, short, summary_tables
+from megatron_prorl.runtime.run_lock import make_output_dir
 
 COMPARE_MD, COMPARE_JSON, COMPARE_PNG = "compare.md", "compare.json", "compare.png"
 
@@ -48,8 +49,7 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, k: Optional[int
         rows[name] = {"k": big, "pass@1": pass1, "pass@k": passk, "regime": regime.name, "why": regime.why}
     result = {"runs": [label for label, _ in runs], "dirs": [str(d) for d in run_dirs], "min_change": min_change,
               "rule": rule_text(min_change), "benchmarks": rows}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir, "--out")
     (out / COMPARE_JSON).write_text(json.dumps(result, indent=1) + "\n")
     (out / COMPARE_MD).write_text(_markdown(result, runs))
     _plot(runs, rows, out / COMPARE_PNG)
@@ -76,14 +76,10 @@ def _markdown(result: dict, runs) -> str:
 
 
 def _plot(runs, rows: dict, path: Path) -> None:
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    from megatron_prorl.plot import STYLE, DPI
+    from megatron_prorl.plotting import figure  # late: matplotlib only when a chart is drawn
 
     labels = [label for label, _ in runs]
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(14, 4.4 * len(rows)), layout="constrained")
+    with figure(path, (14, 4.4 * len(rows))) as fig:
         axes = fig.subplots(len(rows), 2, squeeze=False)
         for (curves, trend), (name, row) in zip(axes, rows.items()):
             draw_pass_at_k(curves, name, runs)
@@ -93,4 +89,3 @@ def _plot(runs, rows: dict, path: Path) -> None:
             trend.set_xticks(list(x), [short(label, 24) for label in labels], rotation=20, ha="right")
             trend.set(title=short(f"{row['regime']}: {name}"), ylabel="score", ylim=(0, 1.02))
             trend.legend(loc="best", framealpha=0.8)
-        fig.savefig(path, dpi=DPI)

@@ -54,6 +54,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from megatron_prorl.runtime.run_lock import check_output_dir, make_output_dir
+
 INDEX_VERSION = 1
 MANIFEST = "manifest.json"
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -513,6 +515,7 @@ def run_creativity(corpus: str | Path, responses: Sequence[str | Path], out_dir:
     """Creativity Index of each responses file; writes creativity.json and creativity.md."""
     if not 1 <= min_ngram <= max_ngram:
         raise ValueError(f"--min-ngram {min_ngram} / --max-ngram {max_ngram}: need 1 <= min <= max")
+    check_output_dir(out_dir, "--out")  # before the index, which can take hours to build
     corpus = Path(corpus)
     index_dir = Path(index_dir) if index_dir else corpus.with_name(corpus.name + ".cindex")
     loaded = [(Path(p), *read_responses(p, limit)) for p in responses]
@@ -534,8 +537,7 @@ def run_creativity(corpus: str | Path, responses: Sequence[str | Path], out_dir:
         result["mean"][label] = sum(p["creativity_index"] for p in scored) / len(scored) if scored else None
         result["uniqueness"][label] = {str(L): sum(p["uniqueness"][str(L)] for p in scored) / len(scored)
                                        for L in range(min_ngram, max_ngram + 1)} if scored else {}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir, "--out")
     (out / "creativity.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "creativity.md").write_text(creativity_table(result))
     return result

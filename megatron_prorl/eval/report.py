@@ -3,11 +3,13 @@
 Per source (and per domain inside a source that spans several, and per domain over all
 sources): pass@k for each k (unbiased estimator, :func:`~megatron_prorl.eval.metrics.pass_at_k`;
 a response counts as correct when its score is 1, so partial credit never passes), majority@k
-for answer domains (math, stem), the mean score (the continuous reward itself), mean response
-length in tokens and the share of responses cut at the length limit. The headline number of a
-benchmark follows the paper: pass@1 for math, code and STEM, the mean continuous reward for
-logic puzzles and instruction following. ``summary.md`` lays them out like the paper's Tables
-1-3: one table per domain, benchmarks as columns, one row per model.
+for domains whose verifiers extract an answer (math, stem), the mean score (the continuous reward
+itself), mean response length in tokens and the share of responses cut at the length limit. The
+headline number of a benchmark is its domain's (:attr:`megatron_prorl.domains.Domain.headline`,
+the paper's choice: pass@1 for math, code and STEM, the mean continuous reward for logic puzzles
+and instruction following). ``summary.md`` lays them out like the paper's Tables 1-3: one table
+per domain (in the domains' report order, under their titles), benchmarks as columns, one row
+per model. A domain this process does not know (samples of a user's domain) reports pass@1.
 """
 
 from __future__ import annotations
@@ -18,14 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from megatron_prorl import domains
+from megatron_prorl.domains import Domain
 from megatron_prorl.eval.metrics import majority_at_k, pass_at_k
 
 RESULTS_FILE, SUMMARY_FILE, PLOT_FILE = "results.json", "summary.md", "pass_at_k.png"
-ANSWER_DOMAINS = ("math", "stem")
-CONTINUOUS_DOMAINS = ("logic", "ifeval")  # headline: the mean continuous reward
-DOMAIN_ORDER = ("math", "code", "stem", "ifeval", "logic")
-DOMAIN_TITLES = {"math": "Math", "code": "Code", "stem": "STEM", "ifeval": "Instruction following",
-                 "logic": "Logic puzzles"}
 CORRECT = 1.0 - 1e-9  # float rewards of exactly 1 may be stored as 0.9999999999
 
 
@@ -67,13 +66,18 @@ def curve_ks(n: int, ks: Sequence[int]) -> list[int]:
     return sorted({k for k in ks if k <= n} | {1 << i for i in range(n.bit_length()) if 1 << i <= n})
 
 
+def domain_record(name: str) -> Domain:
+    """The registered domain ``name``, or a stand-in reporting pass@1 under its name."""
+    return domains.get(name) if name in domains.DOMAINS else Domain(name, verify=None)
+
+
 def metrics(problems: Sequence[Problem], ks: Sequence[int]) -> dict:
     """Aggregate metrics of a set of problems (see the module docstring)."""
     n = min(len(p.scores) for p in problems)
     samples = sum(len(p.scores) for p in problems)
-    domains = {p.domain for p in problems}
+    names = {p.domain for p in problems}
     out = {
-        "domain": domains.pop() if len(domains) == 1 else "mixed",
+        "domain": names.pop() if len(names) == 1 else "mixed",
         "problems": len(problems), "samples": samples,
         "pass@k": {str(k): _mean(pass_at_k(len(p.scores), sum(p.correct), k) for p in problems)
                    for k in curve_ks(n, ks)},
@@ -81,10 +85,11 @@ def metrics(problems: Sequence[Problem], ks: Sequence[int]) -> dict:
         "mean_length": sum(sum(p.lengths) for p in problems) / samples,
         "truncation_rate": sum(sum(p.truncated) for p in problems) / samples,
     }
-    if out["domain"] in ANSWER_DOMAINS:
+    record = domain_record(out["domain"])
+    if record.answers:
         out["majority@k"] = {str(k): _mean(majority_at_k(p.answers, p.correct, k) for p in problems)
                              for k in ks if k <= n}
-    out["headline"] = out["mean_score"] if out["domain"] in CONTINUOUS_DOMAINS else out["pass@k"]["1"]
+    out["headline"] = out["mean_score"] if record.headline == "mean reward" else out["pass@k"]["1"]
     return out
 
 
@@ -135,11 +140,11 @@ def summary_tables(runs: Sequence[tuple[str, dict]]) -> str:
             if name not in columns[m["domain"]]:
                 columns[m["domain"]].append(name)
     parts = []
-    for domain in sorted(columns, key=lambda d: DOMAIN_ORDER.index(d) if d in DOMAIN_ORDER else len(DOMAIN_ORDER)):
+    for domain in domains.in_report_order(columns):
         names = columns[domain]
-        what = "mean reward" if domain in CONTINUOUS_DOMAINS else "pass@1"
+        record = domain_record(domain)
         avg = len(names) > 1
-        parts.append(f"### {DOMAIN_TITLES.get(domain, domain)} ({what}, %)\n")
+        parts.append(f"### {record.title} ({record.headline}, %)\n")
         parts.append("| model | " + " | ".join(names) + (" | Avg |" if avg else " |"))
         parts.append("|---" * (len(names) + 1 + avg) + "|")
         for label, results in runs:
@@ -168,12 +173,20 @@ def details_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(results: dict, path: Path, model_label: str) -> None:
+def write_summary(results: dict, path: Path, model_label: str, prompt: Optional[dict] = None) -> None:
     s = results["settings"]
     setting = (f"{s.get('samples')} samples per problem, temperature {s.get('temperature')}, top_p {s.get('top_p')}, "
                f"at most {s.get('max_new_tokens')} new tokens" if s else "")
     path.write_text(f"# Evaluation of {model_label}\n\n{setting}\n\n" + summary_tables([(model_label, results)])
-                    + "\n## All metrics (%)\n\n" + details_table(results))
+                    + "\n## All metrics (%)\n\n" + details_table(results) + (prompt_table(prompt) if prompt else ""))
+
+
+def prompt_table(prompt: dict) -> str:
+    """How each problem was put to the model (a prorl_prompt.json record)."""
+    rows = "".join(f"| {name} | {entry['instruction'] or '(none)'} |\n" for name, entry in prompt["domains"].items())
+    return ("\n## Prompt format\n\nEach problem is one user turn, the problem then its domain's instruction on its "
+            "own line, through the model's chat template with the generation prompt (`prorl_prompt.json` here holds "
+            "it, chat template included).\n\n| domain | instruction |\n|---|---|\n" + rows)
 
 
 def short(text: str, width: int = 40) -> str:
@@ -203,33 +216,29 @@ def draw_pass_at_k(ax, name: str, runs: Sequence[tuple[str, dict]]) -> None:
 
 def plot_pass_at_k(runs: Sequence[tuple[str, dict]], path: Path, title: str) -> Path:
     """pass@k against k: one panel per benchmark, one curve per run."""
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    from megatron_prorl.plot import STYLE, DPI
+    from megatron_prorl.plotting import figure  # late: matplotlib only when a chart is drawn
 
     names = list(dict.fromkeys(n for _, results in runs for n, _ in benchmarks(results)))
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(6.3 * cols, 4.6 * rows), layout="constrained")
+    with figure(path, (6.3 * cols, 4.6 * rows)) as fig:
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, name in zip(axes, names):
             draw_pass_at_k(ax, name, runs)
         for ax in axes[len(names):]:
             ax.set_visible(False)
         fig.suptitle(title)
-        fig.savefig(path, dpi=DPI)
     return path
 
 
 def write_report(out_dir: str | Path, records: Sequence[dict], ks: Sequence[int], settings: dict,
-                 model_label: str) -> dict:
-    """results.json, summary.md and pass_at_k.png in ``out_dir``; returns the results."""
+                 model_label: str, prompt: Optional[dict] = None) -> dict:
+    """results.json, summary.md and pass_at_k.png in ``out_dir``; returns the results.
+    ``prompt``: the prompt format used (summary.md states it)."""
     out = Path(out_dir)
     results = compute_results(records, ks, settings)
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
-    write_summary(results, out / SUMMARY_FILE, model_label)
+    write_summary(results, out / SUMMARY_FILE, model_label, prompt)
     plot_pass_at_k([(model_label, results)], out / PLOT_FILE, f"pass@k of {model_label}")
     return results
 

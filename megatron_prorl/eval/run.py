@@ -4,11 +4,14 @@ Sampling goes through the rollout engine interface and scoring through the Rewar
 built in :class:`Sampler` (the one place this package constructs them). Problems are processed
 in fixed chunks of ``chunk_problems`` per source; chunk c of a source is generated with a seed
 derived from (seed, source, c), so a chunk's responses do not depend on which other chunks ran
-in the same process. ``OUT/samples.jsonl`` gets one line per response, chunk by chunk, flushed
-as each chunk finishes; on a rerun with the same settings (``OUT/eval_config.json``) complete
-chunks are kept, a chunk cut short by an interruption is dropped and generated again, and the
-results are the same as those of an uninterrupted run. Results are always recomputed from
-``samples.jsonl`` (:mod:`megatron_prorl.eval.report`).
+in the same process. ``OUT/samples.jsonl`` gets one line per response, chunk by chunk, synced
+to disk as each chunk finishes (a chunk's lines are appended whole or not at all: a write that
+fails part-way, as on a full disk, is cut back off); on a rerun with the same settings
+(``OUT/eval_config.json``) complete chunks are kept, a chunk cut short by an interruption is
+dropped and generated again, and the results are the same as those of an uninterrupted run.
+Results are always recomputed from ``samples.jsonl`` (:mod:`megatron_prorl.eval.report`). An
+evaluation holds ``OUT/.prorl.lock`` (:class:`~megatron_prorl.runtime.run_lock.RunLock`, as
+training holds its directory): a second one into the same ``OUT`` is refused at once.
 
 Defaults are the paper's evaluation settings (section 3.4): temperature 0.6, top_p 0.95,
 16 samples per problem (pass@1 is their mean), responses up to 32k tokens.
@@ -16,21 +19,27 @@ Defaults are the paper's evaluation settings (section 3.4): temperature 0.6, top
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+# `prorl eval --help` imports this module (EvalSettings): what imports torch (the engines, the
+# reward pool, the rollout and data modules below them) is imported where sampling starts.
+
+from checkpoint_convert.errors import is_disk_full
 from megatron_prorl.data.loader import derive_seed
-from megatron_prorl import builtin
-from megatron_prorl.eval.model import find_checkpoint, hf_model_dir
+from megatron_prorl.errors import UserError
+from megatron_prorl.eval.model import check_model, hf_model_dir
 from megatron_prorl.eval.sources import EvalSource, load_sources
+from megatron_prorl.runtime.run_lock import RunLock
 
 SAMPLES_FILE = "samples.jsonl"
 CONFIG_FILE = "eval_config.json"
-ENGINES = ("auto", "transformers", "tensorrt_llm")
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,8 @@ class EvalSettings:
     # Evaluate only the first N problems of each source (None: all).
     limit: Optional[int] = None
     chunk_problems: int = 32
-    # "auto": TensorRT-LLM where it can run (CUDA and the package), else transformers.
+    # "auto" (TensorRT-LLM where it can run, else transformers: rollout.resolve_engine) or a
+    # name registered in megatron_prorl.rollout.ENGINES.
     engine: str = "auto"
     # "auto": bf16 on GPU, fp32 on CPU.
     dtype: str = "auto"
@@ -59,19 +69,19 @@ class EvalSettings:
     engine_max_batch_size: Optional[int] = None
 
     def check(self) -> None:
-        for name in ("samples", "max_new_tokens", "size", "chunk_problems"):
+        from megatron_prorl.rollout.base import check_sampling, engine_choices  # late: --help stays torch-free
+
+        check_sampling(n=("--samples", self.samples), temperature=("--temperature", self.temperature),
+                       top_p=("--top-p", self.top_p), max_new_tokens=("--max-new-tokens", self.max_new_tokens))
+        for name in ("size", "chunk_problems"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: must be >= 1")
         for name in ("max_prompt_length", "limit", "engine_max_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={value}: must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature={self.temperature}: must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p={self.top_p}: must be in (0, 1]")
-        if self.engine not in ENGINES:
-            raise ValueError(f"--engine={self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if self.engine not in engine_choices():
+            raise ValueError(f"--engine={self.engine!r}: expected one of {', '.join(engine_choices())}")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"--dtype={self.dtype!r}: expected auto, fp32, bf16 or fp16")
 
@@ -112,17 +122,20 @@ def _settings_file(out: Path, settings: EvalSettings) -> None:
     path.write_text(json.dumps(mine, indent=1) + "\n")
 
 
-def _lines(path: Path) -> Iterator[tuple[str, dict]]:
-    """(line, record) of a samples.jsonl, streamed; a cut-off last line (an interrupted write)
-    ends the file."""
+def _lines(path: Path) -> Iterator[tuple[int, str, dict]]:
+    """(byte offset after the line, line, record) of a samples.jsonl, streamed; a cut-off last
+    line (an interrupted write) ends the file."""
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    end = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            end += len(raw)
+            line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             try:
-                yield line, json.loads(line)
+                yield end, line, json.loads(line)
             except json.JSONDecodeError as exc:
                 if not line.endswith("\n"):  # the last line, cut short
                     return
@@ -131,35 +144,70 @@ def _lines(path: Path) -> Iterator[tuple[str, dict]]:
 
 def read_samples(path: str | Path, text: bool = False) -> list[dict]:
     """The records of a samples.jsonl, without the response texts unless ``text``."""
-    return [r if text else {k: v for k, v in r.items() if k != "response"} for _, r in _lines(Path(path))]
+    return [r if text else {k: v for k, v in r.items() if k != "response"} for _, _, r in _lines(Path(path))]
 
 
 def _complete_chunks(path: Path, sources: Sequence[EvalSource], settings: EvalSettings) -> list[dict]:
-    """Keep the records of complete chunks, rewriting ``path`` without the rest; return them
-    without their texts."""
+    """Keep the records of complete chunks, removing the rest from ``path``; return them
+    without their texts.
+
+    An interruption leaves its chunk last, so what goes is usually the end of the file: it is
+    cut off in place, which needs no free space (a full disk is a common cause). Anything else
+    is rewritten without the incomplete chunks."""
     expected = {}
     for src in sources:
         for c in range(chunk_count(src, settings.chunk_problems)):
             rows = src.rows[c * settings.chunk_problems:(c + 1) * settings.chunk_problems]
             expected[src.label, c] = len(rows) * settings.samples
-    counts: dict = {}
-    lines = 0
-    for _, r in _lines(path):
-        counts[r["source"], r["chunk"]] = counts.get((r["source"], r["chunk"]), 0) + 1
-        lines += 1
+    lines = [(end, (r["source"], r["chunk"])) for end, _, r in _lines(path)]
+    counts = Counter(key for _, key in lines)
     done = {key for key, n in counts.items() if expected.get(key) == n}
-    kept = sum(n for key, n in counts.items() if key in done)
-    cut = False
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            cut = f.read(1) != b"\n"
-    if kept != lines or cut:
+    kept = [key in done for _, key in lines]
+    whole = sum(kept)
+    if all(kept[:whole]):  # the complete chunks come first: cut the rest off
+        end = lines[whole - 1][0] if whole else 0
+        if end < (path.stat().st_size if path.is_file() else 0):
+            os.truncate(path, end)
+        if end and _last_byte(path) != b"\n":  # the last line whole, its newline lost
+            with path.open("ab") as f:
+                f.write(b"\n")
+    else:
         tmp = path.with_suffix(".tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(line.rstrip("\n") + "\n" for line, r in _lines(path) if (r["source"], r["chunk"]) in done)
+            f.writelines(line.rstrip("\n") + "\n" for _, line, r in _lines(path) if (r["source"], r["chunk"]) in done)
         os.replace(tmp, path)
     return read_samples(path)
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append ``data`` (whole lines) to the file open at ``fd``, or nothing: a write that fails
+    part-way (a full disk, an interrupt) is cut back off, so the file never ends inside a line."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.ftruncate(fd, start)
+        raise
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(out: Path) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise UserError(f"{out}: no space left on device; {SAMPLES_FILE} keeps every chunk finished before: free "
+                        "space and rerun the same command to resume") from None
 
 
 class Sampler:
@@ -170,7 +218,7 @@ class Sampler:
         from transformers import AutoTokenizer
 
         from checkpoint_convert.arch import read_hf_config
-        from megatron_prorl import accelerator, device
+        from megatron_prorl.runtime import device
         from megatron_prorl.config import ModelConfig, RewardsConfig, RolloutConfig
         from megatron_prorl.models.builder import resolve_dtype
         from megatron_prorl.rewards import RewardPool
@@ -179,13 +227,10 @@ class Sampler:
 
         self.settings = settings
         self.tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
-        name = settings.engine
-        if name == "auto":
-            name = "transformers" if accelerator.missing_for_tensorrt_llm() else "tensorrt_llm"
         hf_config = read_hf_config(hf_dir)
         pad = self.tokenizer.pad_token_id
         self.engine = build_engine_from_config(
-            RolloutConfig(engine=name, engine_max_batch_size=settings.engine_max_batch_size),
+            RolloutConfig(engine=settings.engine, engine_max_batch_size=settings.engine_max_batch_size),
             hf_config=hf_config, hf_dir=str(hf_dir), eos_token_ids=eos_token_ids(hf_dir, self.tokenizer.eos_token_id),
             pad_token_id=pad if pad is not None else 0, device=device.current(),
             dtype=resolve_dtype(ModelConfig(dtype=settings.dtype)))
@@ -208,8 +253,8 @@ class Sampler:
     def sample(self, source: EvalSource, chunk: int, seed: int) -> list[dict]:
         """The scored responses of one chunk of ``source``, as samples.jsonl records."""
         from megatron_prorl.data import encode_prompt
-        from megatron_prorl.experience import generate_groups, response_texts
         from megatron_prorl.rollout import SamplingParams
+        from megatron_prorl.rollout.generate import generate_groups, response_texts
 
         s = self.settings
         first = chunk * s.chunk_problems
@@ -250,14 +295,21 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, reward_workers: Opt
              progress: bool = True) -> list[dict]:
     """Run (or resume) an evaluation into ``out_dir``; return every samples.jsonl record (without
     the response texts, which can be large)."""
-    from tqdm import tqdm
-
     settings.check()
-    find_checkpoint(builtin.resolve(settings.model))  # a bad --model fails before anything is written
+    check_model(settings.model)  # a bad --model fails before anything is written or built
     sources = load_sources(settings.data, settings.size, settings.seed, settings.limit)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _settings_file(out, settings)
+    # The lock as training's on its directory: a second evaluation into out is refused at once.
+    with _disk_full_is_one_line(out), RunLock(out, "--out"):
+        _settings_file(out, settings)
+        return _sample_missing(settings, sources, out, reward_workers, progress)
+
+
+def _sample_missing(settings: EvalSettings, sources: Sequence[EvalSource], out: Path,
+                    reward_workers: Optional[int], progress: bool) -> list[dict]:
+    """Sample the chunks ``out`` lacks; every record, as :func:`evaluate`."""
+    from tqdm import tqdm
+
     path = out / SAMPLES_FILE
     records = _complete_chunks(path, sources, settings)
     done = {(r["source"], r["chunk"]) for r in records}
@@ -268,16 +320,17 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, reward_workers: Opt
     total = sum(len(s.rows) for s in sources)
     remaining = sum(len(src.rows[c * settings.chunk_problems:(c + 1) * settings.chunk_problems]) for src, c in todo)
     domains = sorted({r.domain for src, _ in todo for r in src.rows})
-    with hf_model_dir(settings.model, out, progress) as hf_dir, \
-            Sampler(hf_dir, settings, domains, reward_workers) as sampler, \
-            path.open("a", encoding="utf-8") as f, \
-            tqdm(total=total, initial=total - remaining, unit="problem", desc="eval", disable=not progress) as bar:
-        for src, c in todo:
-            bar.set_postfix_str(src.label)
-            new = sampler.sample(src, c, derive_seed(settings.seed, f"eval/chunk{c}", src.label))
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
-            f.flush()
-            os.fsync(f.fileno())
-            records += [{k: v for k, v in r.items() if k != "response"} for r in new]
-            bar.update(len(new) // settings.samples)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        with hf_model_dir(settings.model, out, progress) as hf_dir, \
+                Sampler(hf_dir, settings, domains, reward_workers) as sampler, \
+                tqdm(total=total, initial=total - remaining, unit="problem", desc="eval", disable=not progress) as bar:
+            for src, c in todo:
+                bar.set_postfix_str(src.label)
+                new = sampler.sample(src, c, derive_seed(settings.seed, f"eval/chunk{c}", src.label))
+                _append_whole(fd, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new).encode())
+                records += [{k: v for k, v in r.items() if k != "response"} for r in new]
+                bar.update(len(new) // settings.samples)
+    finally:
+        os.close(fd)
     return records

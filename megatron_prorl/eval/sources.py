@@ -10,13 +10,16 @@ and the path (so they differ from the training and validation draws of a config)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 from megatron_prorl.config import DataSourceConfig
 from megatron_prorl.data import FORMATS, Row, load_source
 from megatron_prorl.data.generators import is_generator
 from megatron_prorl.data.loader import derive_seed, source_label
+from megatron_prorl.errors import DataError
 
 
 @dataclass
@@ -31,6 +34,8 @@ def source_config(spec: str, size: int) -> DataSourceConfig:
     head, sep, rest = spec.partition("=")
     if sep and head in FORMATS:
         return DataSourceConfig(path=rest, format=head, size=size)
+    if sep and re.fullmatch(r"[A-Za-z_][\w-]*", head) and not Path(spec).exists():
+        raise DataError(f"data source {spec!r}: unknown format {head!r} (known: {', '.join(FORMATS)})")
     return DataSourceConfig(path=spec, size=size)
 
 

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from checkpoint_convert import dtypes
 from checkpoint_convert.arch import HFArch, padded_vocab_size
-from megatron_prorl import accelerator, builtin, device
-from megatron_prorl.config import ConfigError, ModelConfig, ParallelConfig, resolve_transformer_impl
+from megatron_prorl import builtin
+from megatron_prorl.config import ConfigError, ModelConfig, ParallelConfig, choice
+from megatron_prorl.runtime import accelerator, device
+from megatron_prorl.runtime.accelerator import resolve_transformer_impl
 
 
 def resolve_hf_dir(hf_dir: str) -> Path:
@@ -86,7 +88,12 @@ def layer_spec(model: ModelConfig):
 
     if resolve_transformer_impl(model) == "transformer_engine":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    from megatron_prorl.models.attention import PackedDotProductAttention
+
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    # The local attention refuses packed rows; this one runs them sequence by sequence.
+    spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
+    return spec
 
 
 def build_gpt_model(arch: HFArch, model: ModelConfig, parallel: ParallelConfig, max_sequence_length: Optional[int] = None):
@@ -114,3 +121,24 @@ def build_gpt_model(arch: HFArch, model: ModelConfig, parallel: ParallelConfig, 
         rope.inv_freq = rope._apply_scaling(rope.inv_freq, factor=factor, low_freq_factor=low,
                                             high_freq_factor=high, original_max_position_embeddings=orig)
     return gpt.to(device.current())
+
+
+def check_config(model: ModelConfig, parallel: ParallelConfig, hf_config: Optional[dict] = None) -> None:
+    """The model's dtype, and (given its config.json) whether TP and PP divide its shape."""
+    choice("model.dtype", model.dtype, ("auto", *dtypes.NAMES))
+    if hf_config is None:
+        return
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    heads = hf_config["num_attention_heads"]
+    groups = hf_config.get("num_key_value_heads") or heads
+    layers = hf_config["num_hidden_layers"]
+    if heads % tp:
+        raise ConfigError(
+            f"parallel.tensor_model_parallel_size={tp} does not divide num_attention_heads={heads}")
+    if groups % tp:
+        raise ConfigError(
+            f"parallel.tensor_model_parallel_size={tp} does not divide num_key_value_heads "
+            f"(query groups)={groups}")
+    if layers % pp:
+        raise ConfigError(
+            f"parallel.pipeline_model_parallel_size={pp} does not divide num_hidden_layers={layers}")

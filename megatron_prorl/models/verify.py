@@ -17,7 +17,7 @@ from checkpoint_convert.checkpoint import (HF_DIR, META_FILE, MODEL_DIR, checkpo
                                            resolve_checkpoint, verify_checkpoint)
 from checkpoint_convert.errors import ConversionError
 from megatron_prorl.config import ModelConfig, ParallelConfig
-from megatron_prorl.distributed import init_distributed, shutdown_distributed
+from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
 from megatron_prorl.models.builder import build_gpt_model
 
 

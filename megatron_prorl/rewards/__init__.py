@@ -1,14 +1,13 @@
-"""Verifiable rewards for the five ProRL domains.
+"""Scoring responses: one at a time (:func:`score`), or in batches across the machine's cores,
+asynchronously, with a timeout per item (:class:`RewardPool`).
 
-``score(domain, response, ground_truth)`` scores one response; :class:`RewardPool` scores
-batches asynchronously in worker processes with a timeout per item. Model-written code runs in
-the sandbox of :mod:`megatron_prorl.rewards.sandbox`.
+The verifiers themselves belong to the task domains (:mod:`megatron_prorl.domains`); model-written
+code runs in the sandbox of :mod:`megatron_prorl.sandbox`.
 """
 
+from megatron_prorl.domains.result import CodeExecutionDisabled, GroundTruthError, RewardItem, RewardResult
 from megatron_prorl.rewards.pool import RewardPool
-from megatron_prorl.rewards.registry import VERIFIERS, register_verifier, score, score_detailed
-from megatron_prorl.rewards.result import CodeExecutionDisabled, GroundTruthError, RewardItem, RewardResult
-from megatron_prorl.rewards.sandbox import Sandbox, SandboxUnavailable
+from megatron_prorl.rewards.score import register_verifier, score, score_detailed
 
 __all__ = [
     "CodeExecutionDisabled",
@@ -16,9 +15,6 @@ __all__ = [
     "RewardItem",
     "RewardPool",
     "RewardResult",
-    "Sandbox",
-    "SandboxUnavailable",
-    "VERIFIERS",
     "register_verifier",
     "score",
     "score_detailed",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
 import threading
 import time
 import traceback
@@ -27,13 +26,16 @@ from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+from megatron_prorl import domains
 from megatron_prorl.config import RewardsConfig
-from megatron_prorl.rewards import registry
-from megatron_prorl.rewards.result import CodeExecutionDisabled, RewardItem, RewardResult
+from megatron_prorl.domains import Domain, Verifier
+from megatron_prorl.domains.result import CodeExecutionDisabled, RewardItem, RewardResult
+from megatron_prorl.rewards import score
+from megatron_prorl.runtime import process as runtime_process
+from megatron_prorl.sandbox import sandbox
 
 log = logging.getLogger(__name__)
 
-DOMAINS_TO_PRELOAD = ("math", "stem", "logic", "ifeval", "code")
 MAX_CHUNK = 32
 FLUSH_S = 0.02  # a worker sends the results it has at least this often (one message per item
 # would cost ~50 us of pickling and GIL time in the trainer each, more than some verifiers)
@@ -71,41 +73,24 @@ class _Worker:
 
 
 def _warm(domain: str, cfg: RewardsConfig) -> Optional[dict]:
-    """Import and initialise a domain's verifier so the first item is not slow; for code, probe
-    the sandbox and return its description."""
-    if domain in ("math", "stem"):
-        from megatron_prorl.rewards.math_reward import parse_answer
-
-        parse_answer("1")
-    elif domain == "logic":
-        import reasoning_gym  # noqa: F401  (imports every generator: seconds)
-    elif domain == "ifeval":
-        from megatron_prorl.rewards.ifeval import detect_language
-
-        detect_language("warm up the language profiles")
-    elif domain == "code" and cfg.allow_code_execution:
-        from megatron_prorl.rewards.code_reward import sandbox_for
-
-        return sandbox_for(cfg.sandbox, cfg.code_python).describe()
-    return None
+    """Run a domain's warm-up (imports, caches) so its first item is not slow; the code domain
+    returns its sandbox's description."""
+    warm = domains.get(domain).warm
+    return warm(cfg) if warm else None
 
 
 def _worker_main(conn: Connection, progress: Any, cfg_dict: dict, extra: dict, preload: Sequence[str],
                  parent_pid: int) -> None:
-    from megatron_prorl import process
-    from megatron_prorl.rewards import sandbox
-
-    # Ctrl-C and the run's stop signals are the trainer's to handle; never outlive it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    process.ignore_stop_signals()
-    process.die_with_parent(parent_pid)
+    # The run's stop signals (Ctrl-C included) are the trainer's to handle; never outlive it.
+    runtime_process.ignore_stop_signals()
+    runtime_process.die_with_parent(parent_pid)
     sandbox.become_subreaper()
     # The pool reports the sandbox mode once; N workers repeating the fallback warning is noise.
     logging.getLogger(sandbox.__name__).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=RuntimeWarning, message="code sandbox")
     cfg = RewardsConfig(**cfg_dict)
-    for name, fn in extra.items():
-        registry.register_verifier(name, fn, replace=True)
+    for domain in extra.values():
+        domains.register_domain(domain, replace=True)
     info = None
     try:
         for domain in preload:
@@ -125,7 +110,7 @@ def _worker_main(conn: Connection, progress: Any, cfg_dict: dict, extra: dict, p
             progress[1] = time.monotonic()  # time first: a reader never pairs an index with an earlier start
             progress[0] = position
             try:
-                result = registry.score_detailed(item.domain, item.response, item.ground_truth,
+                result = score.score_detailed(item.domain, item.response, item.ground_truth,
                                                  finished=item.finished, cfg=cfg)
             except Exception as exc:  # a data or verifier bug: reported per item, the batch goes on
                 result = RewardResult(0.0, f"error: {type(exc).__name__}: {exc}"[:500],
@@ -145,19 +130,21 @@ class RewardPool:
     Args:
         cfg: the rewards section of the config.
         num_workers: overrides ``cfg.num_workers`` (0/None there: one per usable core).
-        verifiers: domains for this pool only (picklable functions, e.g. module-level), beside
-            the registry's (domains registered at run time reach the workers too).
-        preload: domains whose verifiers each worker initialises before taking work.
+        verifiers: domains for this pool only, name -> verifier (picklable functions, e.g.
+            module-level), beside the registered ones (which reach the workers too, those
+            registered at run time included).
+        preload: domains each worker warms up before taking work (default: all of them).
     """
 
     def __init__(self, cfg: Optional[RewardsConfig] = None, *, num_workers: Optional[int] = None,
-                 verifiers: Optional[Mapping[str, registry.Verifier]] = None,
-                 preload: Sequence[str] = DOMAINS_TO_PRELOAD):
+                 verifiers: Optional[Mapping[str, Verifier]] = None,
+                 preload: Optional[Sequence[str]] = None):
         self.cfg = cfg or RewardsConfig()
         self.num_workers = num_workers or self.cfg.num_workers or len(os.sched_getaffinity(0))
-        self._extra = {**registry.VERIFIERS.added(), **(verifiers or {})}
-        self._domains = set(registry.VERIFIERS) | set(self._extra)
-        self._preload = tuple(d for d in preload if d in self._domains)
+        self._extra = {**domains.DOMAINS.added(),
+                       **{name: Domain(name, verify=fn) for name, fn in (verifiers or {}).items()}}
+        self._domains = set(domains.names()) | set(self._extra)
+        self._preload = tuple(d for d in (sorted(self._domains) if preload is None else preload) if d in self._domains)
         # The sandbox is probed in the workers (a probe here would fork a possibly multi-threaded
         # trainer with a preexec_fn); the first worker's description lands here.
         self.sandbox_info: Optional[dict] = None
@@ -244,7 +231,8 @@ class RewardPool:
         progress = self._ctx.RawArray("d", 2)
         process = self._ctx.Process(target=_worker_main, name="reward-worker", daemon=True,
                                     args=(child, progress, asdict(self.cfg), self._extra, self._preload, os.getpid()))
-        process.start()
+        with runtime_process.children_block_stop_signals():  # until the worker ignores them
+            process.start()
         child.close()
         return _Worker(process, parent, progress)
 
@@ -374,10 +362,8 @@ class RewardPool:
 
     @staticmethod
     def _kill(worker: _Worker) -> None:
-        from megatron_prorl.rewards.sandbox import cleanup_worker_cgroups
-
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join()
         worker.conn.close()
-        cleanup_worker_cgroups(worker.process.pid)
+        sandbox.cleanup_worker_cgroups(worker.process.pid)

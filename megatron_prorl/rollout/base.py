@@ -15,15 +15,15 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
 from checkpoint_convert.buckets import Bucket
 from megatron_prorl.registry import Registry
 
-if TYPE_CHECKING:
-    from megatron_prorl.config import RolloutConfig
+from megatron_prorl.config import ConfigError, RolloutConfig, choice
+from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
 
 FINISH_REASONS = ("eos", "stop", "length")
 
@@ -44,6 +44,21 @@ def check_sampling(**named: tuple[str, Any]) -> None:
         rule, ok = _SAMPLING_RULES[field]
         if not ok(value):
             raise ValueError(f"{label}={value}: {rule}")
+
+
+def check_config(r: RolloutConfig) -> None:
+    """The engine is a registered one, and the sampling settings pass the sampling rules."""
+    choice("rollout.engine", r.engine, engine_choices())
+    try:
+        check_sampling(n=("rollout.n", r.n), temperature=("rollout.temperature", r.temperature),
+                       top_p=("rollout.top_p", r.top_p),
+                       max_new_tokens=("rollout.max_response_length", r.max_response_length))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if resolve_engine(r.engine) == "tensorrt_llm" and r.engine_tensor_parallel_size != 1:
+        raise ConfigError(f"rollout.engine_tensor_parallel_size={r.engine_tensor_parallel_size}: the TensorRT-LLM "
+                          "engine runs on its trainer rank's own GPU (1); several GPUs per engine are not "
+                          "supported yet")
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,20 @@ ENGINES: Registry[type[RolloutEngine]] = Registry("rollout engine", {
     "tensorrt_llm": "megatron_prorl.rollout.trtllm:TensorRTLLMEngine",
 })
 register_engine = ENGINES.register
+AUTO_ENGINE = "auto"
+
+
+def engine_choices() -> tuple[str, ...]:
+    """What an engine setting accepts: "auto" and every registered engine."""
+    return (AUTO_ENGINE, *ENGINES.names())
+
+
+def resolve_engine(name: str) -> str:
+    """The registered engine ``name`` stands for: "auto" is TensorRT-LLM where it can run (CUDA
+    and the package), else transformers; any other name is itself."""
+    if name != AUTO_ENGINE:
+        return name
+    return "transformers" if missing_for_tensorrt_llm() else "tensorrt_llm"
 
 
 def build_engine(name: str, **kwargs: Any) -> RolloutEngine:
@@ -172,6 +201,6 @@ def build_engine(name: str, **kwargs: Any) -> RolloutEngine:
 
 
 def build_engine_from_config(cfg: RolloutConfig, **context: Any) -> RolloutEngine:
-    """Construct ``cfg.engine`` from the rollout config plus the model context
+    """Construct ``cfg.engine`` ("auto" resolved) from the rollout config plus the model context
     (see :meth:`RolloutEngine.from_rollout_config`)."""
-    return ENGINES.get(cfg.engine).from_rollout_config(cfg, **context)
+    return ENGINES.get(resolve_engine(cfg.engine)).from_rollout_config(cfg, **context)

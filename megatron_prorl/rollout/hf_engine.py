@@ -8,10 +8,12 @@ each is ``log_softmax(logits / T)`` at the sampled token, in float32 (see
 :mod:`megatron_prorl.rollout.sampling` for top_p < 1).
 
 Batching: all prompts x n samples form one batch (chunked by whole prompts when
-``max_batch_size`` is set). Each prompt is prefilled once and its cache repeated n times;
-prompts are left-padded with position ids counted over real tokens only; rows that finish are
-dropped from the batch (and its cache) so they cost nothing afterwards. The same seed and the
-same inputs give the same outputs.
+``max_batch_size`` is set, the prompts then sorted longest first so that each chunk's prompts,
+left-padded to its longest, carry little padding through the prefill and every decoding step's
+attention over the cache; samples come back in the prompts' order). Each prompt is prefilled
+once and its cache repeated n times; prompts are left-padded with position ids counted over real
+tokens only; rows that finish are dropped from the batch (and its cache) so they cost nothing
+afterwards. The same seed and the same inputs give the same outputs.
 """
 
 from __future__ import annotations
@@ -152,14 +154,19 @@ class TransformersEngine(RolloutEngine):
         check_prompts(prompt_ids)
         per_chunk = max(1, (self.max_batch_size or len(prompt_ids) * params.n) // params.n)
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        order = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
+        if per_chunk >= len(prompt_ids):
+            order = list(range(len(prompt_ids)))  # one batch: its padding is the same in any order
         samples: list[Sample] = []
         for first in range(0, len(prompt_ids), per_chunk):
-            samples += self._generate_chunk(prompt_ids[first:first + per_chunk], first, params, generator)
-        return samples
+            chunk = order[first:first + per_chunk]
+            samples += self._generate_chunk([prompt_ids[i] for i in chunk], chunk, params, generator)
+        return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
     @torch.inference_mode()
-    def _generate_chunk(self, prompts: Sequence[Sequence[int]], first_index: int, params: SamplingParams,
+    def _generate_chunk(self, prompts: Sequence[Sequence[int]], indices: Sequence[int], params: SamplingParams,
                         generator: torch.Generator) -> list[Sample]:
+        """Samples of ``prompts`` (the prompts numbered ``indices`` in the call)."""
         n, dev = params.n, self.device
         eos = torch.tensor(self.eos_token_ids, device=dev)
         stops = torch.tensor(params.stop_token_ids, device=dev, dtype=torch.long)
@@ -212,7 +219,7 @@ class TransformersEngine(RolloutEngine):
             next_pos = next_pos + 1
 
         tokens, logps, lengths = tokens.cpu(), logps.cpu(), lengths.tolist()
-        return [Sample(prompt_index=first_index + row // n, sample_index=row % n,
+        return [Sample(prompt_index=indices[row // n], sample_index=row % n,
                        token_ids=tokens[row, :lengths[row]].tolist(), logprobs=logps[row, :lengths[row]].clone(),
                        finish_reason=reasons[row])
                 for row in range(rows)]

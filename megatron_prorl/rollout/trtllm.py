@@ -13,7 +13,7 @@ repository file the search index holds, commit given, release not known - rc24 p
 for them):
 
 - ``importlib.metadata.version("tensorrt_llm")``: the check, without importing.
-- ``import tensorrt_llm``: in a scrubbed environment (:mod:`megatron_prorl.launcher_env`),
+- ``import tensorrt_llm``: in a scrubbed environment (:mod:`megatron_prorl.runtime.launcher_env`),
   because the import initialises MPI (stored ``tensorrt_llm/_utils.py``).
 - ``tensorrt_llm.sampling_params.LogprobMode.PROCESSED`` (rc24 ``sampling_params.html``:
   "log probabilities after applying sampling parameters, such as temperature, top-k, top-p").
@@ -42,7 +42,9 @@ for them):
   ``llmapi/llm.html`` ``BaseLLM.__init__``: unknown keys are refused; rc24 ``llmapi/llm_args.html``
   ``TorchLlmArgs``: ``orchestrator_type: Literal["rpc", "ray"]``, ``ray_worker_extension_cls``,
   ``sleep_config: Optional[SleepConfig]``, ``allreduce_strategy``; ``KvCacheConfig``:
-  ``free_gpu_memory_fraction`` default 0.9, in [0, 1]). ``allreduce_strategy="NCCL"`` is what
+  ``free_gpu_memory_fraction`` default 0.9, in [0, 1]; ``max_gpu_total_bytes: NonNegativeInt``
+  default 0, "If both `max_gpu_total_bytes` and `free_gpu_memory_fraction` are specified, memory
+  corresponding to the minimum will be allocated"). ``allreduce_strategy="NCCL"`` is what
   rc24's ``AsyncLLM.__init__`` forces for RL ("a bug in TRTLLM's AllReduce which will cause
   convergence issue", rc24 ``_torch/async_llm.html``).
 - ``llm.generate(prompts, sampling_params=..., use_tqdm=False)`` with
@@ -76,12 +78,24 @@ stored ``ray_gpu_worker.py``), then asks the workers which UUIDs they run on and
 mismatch. ``RayExecutor`` attaches to a Ray already initialised in the process
 (``ray.init(..., ignore_reinit_error=True)``, stored ``executor/ray_executor.py`` at 0777969c).
 
-Memory. ``rollout.kv_cache_memory_fraction`` becomes ``KvCacheConfig.free_gpu_memory_fraction``.
+Memory. ``rollout.kv_cache_memory_fraction`` becomes ``KvCacheConfig.free_gpu_memory_fraction``,
+``rollout.kv_cache_max_bytes`` (when set) ``KvCacheConfig.max_gpu_total_bytes``; the smaller of the
+two sizes is what the cache takes (rc24 ``llm_args.html``, quoted above). The trainer returns its
+allocator's cached blocks (``torch.cuda.empty_cache``) before it calls ``wake()``.
 ``sleep()`` releases every ``ExecutorMemoryType`` tag: the model weights (kept in host memory by
 ``SleepConfig``'s default restore mode; overwritten by the refit after ``wake()`` anyway), the KV
 cache (discarded; re-mapped empty at the same addresses and size on wake), and the
 sampler/executor/decoder buffers. The Ray worker processes, their CUDA contexts and NCCL
 communicators stay. ``wake()`` re-maps them; ``generate`` then needs ``update_weights`` first.
+
+Request order. Each round's prompts go to one ``llm.generate`` call, unsorted: the PyTorch
+backend batches in flight, choosing at every step which requests run (its scheduler: a
+capacity scheduler for the KV cache, then a micro-batch scheduler under ``max_batch_size`` and
+``max_num_tokens``, rc24 ``TorchLlmArgs`` defaults 2048 and 8192; docs ``torch/scheduler.html``,
+read at 1.4.0rc4 and unversioned, rc24's copy not found), with the tokens of every request packed
+without padding (docs ``features/paged-attention-ifb-scheduler.html``: in-flight batching
+"requires the input tensors to be packed (no padding)"). Sorting or bucketing prompts by length
+would change nothing there; the transformers engine, which pads, sorts its chunks itself.
 
 GPU-only assumptions nothing here could check (upstream file and version read for each):
 
@@ -95,10 +109,13 @@ GPU-only assumptions nothing here could check (upstream file and version read fo
    index also holds a newer ``executor/ray/`` layout). Without ``report_device_id`` the placement
    check is skipped with a warning.
 3. The stored ``RayWorkerWrapper`` reads ``MASTER_PORT`` from its environment for the workers'
-   rendezvous; the adapter gives each engine a free one.
+   rendezvous; the adapter gives each engine a free one (the newer stored layout,
+   ``executor/ray/gpu_worker.py``, lets its rank 0 pick a TCPStore port instead and never reads it).
 4. A private Ray instance per engine rank, started with ``address="local"`` and the engine's
    ``CUDA_VISIBLE_DEVICES``, runs beside the others on the node (NeMo-RL does this for colocated
-   local clusters; Ray docs ``ray.get_gpu_ids``); ``ray`` is installed in the image.
+   local clusters; Ray docs ``ray.get_gpu_ids``); the image installs ray 2.54.1 (pyproject.toml's
+   ``trtllm`` extra, where the version is argued): both stored executor layouts import names
+   ray 2.54.1 has (checked in its wheel), rc24's own was not readable.
 5. CUDA IPC handles of the trainer's tensors open in the Ray workers on the same GPU (the
    trainer's caching allocator must allow IPC, e.g. no ``expandable_segments``).
 6. The TorchSampler (``sampler_type="auto"``, rc24 ``llm_args.html``) computes PROCESSED
@@ -108,7 +125,7 @@ GPU-only assumptions nothing here could check (upstream file and version read fo
    end a response (verl relies on the same at rc15; stored ``result.py``).
 8. ``free_gpu_memory_fraction`` is taken of the memory free once the weights are loaded, and the
    KV cache re-mapped on wake has the same size (rc24 ``llm_args.html`` describes it only as the
-   fraction "allocated for the KV cache").
+   fraction "allocated for the KV cache"); ``max_gpu_total_bytes`` caps the same allocation.
 9. ``import tensorrt_llm`` with the launcher variables removed gives a singleton MPI that does not
    touch the job's PMIx server (stored ``_utils.py`` at 000a01de, a 1.0.0rc4 tree, initialises
    ``MPI.COMM_WORLD`` at import; whether rc24 honours ``TLLM_DISABLE_MPI`` there is unknown; the
@@ -135,11 +152,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, MutableMappi
 
 import torch
 
-from megatron_prorl.accelerator import missing_for_tensorrt_llm
-from megatron_prorl.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
 from megatron_prorl.rollout.base import (Bucket, RolloutEngine, Sample, SamplingParams, SyncStats, check_prompts,
                                          generation_config_eos)
 from megatron_prorl.rollout.hf_export import engine_named_tensors, write_hf_dir
+from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
+from megatron_prorl.runtime.distributed import free_port
+from megatron_prorl.runtime.launcher_env import applied, engine_environment, import_environment, physical_gpu_ids
 
 if TYPE_CHECKING:
     from megatron_prorl.config import RolloutConfig
@@ -211,6 +229,15 @@ def import_tensorrt_llm(environ: MutableMapping[str, str] = os.environ):
     _imported_scrubbed = True
     check_release(tensorrt_llm.__version__)
     return tensorrt_llm
+
+
+def kv_cache_kwargs(memory_fraction: float, max_bytes: int | None) -> dict[str, Any]:
+    """Keyword arguments for rc24's ``KvCacheConfig``: the fraction of free memory, and the
+    byte cap when there is one (the smaller wins)."""
+    kwargs: dict[str, Any] = {"free_gpu_memory_fraction": memory_fraction}
+    if max_bytes is not None:
+        kwargs["max_gpu_total_bytes"] = int(max_bytes)
+    return kwargs
 
 
 def sampling_kwargs(params: SamplingParams, eos_token_ids: Sequence[int], pad_token_id: int,
@@ -362,8 +389,8 @@ class TensorRTLLMEngine(RolloutEngine):
     def __init__(self, hf_dir: str | Path, hf_config: dict, eos_token_ids: int | Sequence[int],
                  refresh: str = "refit", tensor_parallel_size: int = 1, dtype: str = "auto",
                  devices: Sequence[int] | None = None, pad_token_id: int | None = None,
-                 kv_cache_memory_fraction: float = 0.5, export_dir: str | Path | None = None,
-                 llm_kwargs: dict | None = None):
+                 kv_cache_memory_fraction: float = 0.5, kv_cache_max_bytes: int | None = None,
+                 export_dir: str | Path | None = None, llm_kwargs: dict | None = None):
         missing = missing_for_tensorrt_llm()
         if missing:
             raise RuntimeError(f"rollout.engine='tensorrt_llm' needs {missing}; "
@@ -390,7 +417,7 @@ class TensorRTLLMEngine(RolloutEngine):
         self.refresh, self.hf_config, self.dtype = refresh, hf_config, dtype
         self.tensor_parallel_size = tensor_parallel_size
         self._tags = memory_tags(ExecutorMemoryType)
-        self._kv_cache_config = KvCacheConfig(free_gpu_memory_fraction=kv_cache_memory_fraction)
+        self._kv_cache_config = KvCacheConfig(**kv_cache_kwargs(kv_cache_memory_fraction, kv_cache_max_bytes))
         self._sleep_config = SleepConfig()
         self._source_dir = self._model_dir = Path(hf_dir)
         # rebuild: where the streamed weights are written for the next LLM to load.
@@ -420,11 +447,10 @@ class TensorRTLLMEngine(RolloutEngine):
                    dtype={torch.bfloat16: "bfloat16", torch.float16: "float16",
                           torch.float32: "float32"}.get(dtype, "auto"),
                    devices=[device.index if device.index is not None else torch.cuda.current_device()],
-                   pad_token_id=pad_token_id, kv_cache_memory_fraction=cfg.kv_cache_memory_fraction)
+                   pad_token_id=pad_token_id, kv_cache_memory_fraction=cfg.kv_cache_memory_fraction,
+                   kv_cache_max_bytes=cfg.kv_cache_max_bytes)
 
     def _engine_env(self) -> dict[str, str]:
-        from megatron_prorl.distributed import free_port
-
         return engine_environment(os.environ, self._gpus, free_port())
 
     def _start_ray(self) -> None:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from checkpoint_convert.arch import HFArch
 from checkpoint_convert.checkpoint import unwrap_model
 from megatron_prorl.config import ConfigError
-from megatron_prorl.distributed import all_max
+from megatron_prorl.runtime.distributed import all_max
 from megatron_prorl.weight_sync.collective import CollectiveExport, export_to_first_rank
 from megatron_prorl.weight_sync.shared_memory import SharedMemoryExport, SharedMemoryUnavailable
 

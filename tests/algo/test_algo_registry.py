@@ -12,7 +12,8 @@ from megatron_prorl.algo import (
     register_kl,
     register_policy_loss,
 )
-from megatron_prorl.config import ConfigError, load_config
+from megatron_prorl.config import ConfigError
+from megatron_prorl.train.validate import load_run_config
 
 
 def test_builtin_names_are_listed_on_unknown():
@@ -52,12 +53,12 @@ def test_user_estimators_are_used_by_name():
 
 
 def test_config_accepts_registered_and_rejects_unknown_names():
-    cfg = load_config(overrides=["algo.advantage=test_rloo", "algo.policy_loss=test_reinforce",
+    cfg = load_run_config(overrides=["algo.advantage=test_rloo", "algo.policy_loss=test_reinforce",
                                  "algo.kl_estimator=test_abs"])
     assert (cfg.algo.advantage, cfg.algo.kl_estimator) == ("test_rloo", "test_abs")
     with pytest.raises(ConfigError, match="algo.kl_estimator='low_var_kl'.*'k3'"):
-        load_config(overrides=["algo.kl_estimator=low_var_kl"])
+        load_run_config(overrides=["algo.kl_estimator=low_var_kl"])
     with pytest.raises(ConfigError, match="algo.policy_loss"):
-        load_config(overrides=["algo.policy_loss=ppo"])
+        load_run_config(overrides=["algo.policy_loss=ppo"])
     with pytest.raises(ConfigError, match="algo.kl_clamp"):
-        load_config(overrides=["algo.kl_clamp=-1"])
+        load_run_config(overrides=["algo.kl_clamp=-1"])

@@ -14,7 +14,7 @@ from convert_jobs import LAYOUTS, ckpt_name, distributed_job, offline_job
 from convert_models import VARIANTS, write_variant
 from transformers import AutoModelForCausalLM
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 
 @pytest.fixture(scope="session")

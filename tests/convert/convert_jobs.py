@@ -129,7 +129,7 @@ def save_with_megatron(hf_dir: str, model_dir: Path, tp: int, pp: int) -> None:
     from checkpoint_convert.dist_layout import param_entries
     from checkpoint_convert.mapping import FC1, Layout, fc1_shard_parts, to_megatron_shard
     from checkpoint_convert.safetensors_io import HFWeights
-    from megatron_prorl import cpu_backend
+    from megatron_prorl.runtime import cpu_backend
 
     layout = Layout(load_arch(hf_dir), tp, pp)
     state = {}
@@ -286,7 +286,7 @@ def distributed_job(hf_dirs: dict[str, str], ckpt_root: str, saved_dir: str, tok
     from checkpoint_convert.checkpoint import load_model_checkpoint, save_model_checkpoint
     from checkpoint_convert.model_weights import load_hf_weights
     from megatron_prorl.config import ModelConfig, ParallelConfig
-    from megatron_prorl.distributed import init_distributed
+    from megatron_prorl.runtime.distributed import init_distributed
     from megatron_prorl.models.builder import build_gpt_model
 
     world = int(os.environ["WORLD_SIZE"])

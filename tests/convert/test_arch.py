@@ -5,7 +5,7 @@ import pytest
 
 from checkpoint_convert.arch import hf_arch, padded_vocab_size
 from checkpoint_convert.errors import ConversionError
-from helpers.hf_configs import LLAMA3, QWEN2
+from helpers.hf_models import LLAMA3, QWEN2
 
 
 def test_qwen2_and_llama_facts():

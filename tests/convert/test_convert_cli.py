@@ -155,8 +155,8 @@ def _run_layout(tmp_path: Path, ckpt: Path) -> Path:
 
 def test_megatron_to_hf_takes_a_run_its_checkpoints_its_latest_or_a_step(hf_dirs, tmp_path, caplog):
     """Every path a user would type names the same checkpoint, and the command says which it took.
-    The export holds what a Hugging Face model directory holds, and nothing of the source's
-    other files (a README, data...)."""
+    The export holds what a Hugging Face model directory holds, with its own model card and
+    prompt format, and nothing of the source's other files (its README, data...)."""
     src = Path(shutil.copytree(hf_dirs["qwen2"], tmp_path / "src"))
     (src / "README.md").write_text("a model card")
     (src / "heldout.jsonl").write_text("{}\n")
@@ -171,7 +171,10 @@ def test_megatron_to_hf_takes_a_run_its_checkpoints_its_latest_or_a_step(hf_dirs
         caplog.clear()
         assert main(["megatron-to-hf", "--ckpt", str(given), "--out", str(tmp_path / f"out{i}")]) == 0
         assert f"checkpoint {step} (" in caplog.text  # the command says which it took
-        assert sorted(p.name for p in (tmp_path / f"out{i}").iterdir()) == sorted(model_files + ["model.safetensors"])
+        out = tmp_path / f"out{i}"
+        assert sorted(p.name for p in out.iterdir()) == sorted(model_files + ["model.safetensors", "README.md",
+                                                                              "prorl_prompt.json"])
+        assert (out / "README.md").read_text().startswith("---\n") and "a model card" not in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "deleted", "flipped"])

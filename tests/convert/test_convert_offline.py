@@ -104,7 +104,8 @@ def test_exported_directory_loads_in_transformers_and_generates(hf_dirs, offline
     prompt = tokenizer("What is 12+34?", return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**prompt).logits, original(**prompt).logits)
-        ours = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        theirs = original.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        # EOS held off for 8 steps: random weights may favour it after any prompt
+        steps = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        ours, theirs = model.generate(**prompt, **steps), original.generate(**prompt, **steps)
     assert ours.shape == (1, prompt["input_ids"].shape[1] + 8) and torch.equal(ours, theirs)
     assert isinstance(tokenizer.decode(ours[0]), str)

@@ -15,20 +15,9 @@ def fixtures() -> Path:
 
 
 @pytest.fixture(scope="session")
-def char_tokenizer():
-    """A character-level fast tokenizer with a chat template: one token per character, so
-    prompt lengths in the tests are easy to reason about."""
-    from tokenizers import Tokenizer, decoders
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
+def tokenizer():
+    """The project's byte tokenizer (the shipped tiny model's): one token per ASCII character,
+    so prompt lengths in the tests are easy to reason about, and a chat template."""
+    from megatron_prorl.tokenizer import build_byte_tokenizer
 
-    specials = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"]
-    chars = ["\n"] + [chr(c) for c in range(32, 127)]
-    backend = Tokenizer(BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
-    backend.add_special_tokens(specials)
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
-        additional_special_tokens=["<user>", "<assistant>"], clean_up_tokenization_spaces=False,
-        chat_template=("{%- for m in messages -%}<user>{{ m['content'] }}{%- endfor -%}"
-                       "{%- if add_generation_prompt -%}<assistant>{%- endif -%}"))
+    return build_byte_tokenizer()

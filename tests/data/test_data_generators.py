@@ -35,6 +35,26 @@ def test_arithmetic_options_and_errors():
     assert not is_generator("data/train.jsonl") and not is_generator("arithmetic")
 
 
+def test_arithmetic_harder_and_unseen_variants():
+    # Two terms are what the tiny default trained on: the rows of a plain add, exactly.
+    assert generate("arithmetic:add?terms=2", size=200, seed=3) == generate("arithmetic:add", size=200, seed=3)
+    rows = generate("arithmetic:add?terms=3&low=100&high=999", size=200, seed=0)
+    for row in rows:
+        terms = list(map(int, re.fullmatch(r"What is (\d+)\+(\d+)\+(\d+)\?", row.prompt).groups()))
+        assert all(100 <= t <= 999 for t in terms) and row.ground_truth == str(sum(terms))
+        check_row(row)
+    rows = generate("arithmetic:sub", size=300, seed=0)
+    for row in rows:
+        a, b = map(int, re.fullmatch(r"What is (\d+)-(\d+)\?", row.prompt).groups())
+        assert 10 <= b <= a <= 99 and (row.domain, row.ground_truth) == ("math", str(a - b))
+        assert row.source == "arithmetic:sub"
+        check_row(row)
+    assert len({r.prompt for r in rows}) > 250
+    assert generate("arithmetic:sub?terms=3", size=1, seed=0)[0].prompt.count("-") == 2
+    with pytest.raises(ValueError, match="'terms' >= 2"):
+        generate("arithmetic:add?terms=1", size=1, seed=0)
+
+
 @pytest.mark.parametrize("task", ["graph_color", "basic_arithmetic", "propositional_logic", "leg_counting"])
 def test_reasoning_gym_tasks_are_deterministic_and_checkable(task):
     import reasoning_gym

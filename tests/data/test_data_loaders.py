@@ -10,7 +10,8 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from megatron_prorl.config import ConfigError, DataConfig, DataSourceConfig, load_config
+from megatron_prorl.config import ConfigError, DataConfig, DataSourceConfig
+from megatron_prorl.train.validate import load_run_config
 from megatron_prorl.data import load_data, load_source, save_rows
 from megatron_prorl.data.prompts import prompt_lengths
 from megatron_prorl.data.schema import Row
@@ -105,15 +106,15 @@ def test_load_data_names_sources_uniquely(fixtures):
 
 
 @pytest.mark.parametrize("policy", ["drop", "truncate"])
-def test_overlong_prompts(fixtures, char_tokenizer, policy):
+def test_overlong_prompts(fixtures, tokenizer, policy):
     cfg = DataConfig(train=[DataSourceConfig(path=str(fixtures / "taco.jsonl"), format="taco")],
                      overlong_prompts=policy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows = load_data(cfg).train[0].rows
-        lengths = prompt_lengths(char_tokenizer, rows)
+        lengths = prompt_lengths(tokenizer, rows)
         limit = sorted(lengths)[1]  # exactly one of the three prompts is longer
-        source = load_data(cfg, tokenizer=char_tokenizer, max_prompt_length=limit).train[0]
+        source = load_data(cfg, tokenizer=tokenizer, max_prompt_length=limit).train[0]
     if policy == "drop":
         assert len(source.rows) == 2 and source.dropped == {f"prompt over {limit} tokens": 1}
     else:
@@ -125,12 +126,12 @@ def test_config_rejects_bad_sources(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("data:\n  train:\n    - {path: x.jsonl, format: eurus3}\n")
     with pytest.raises(ConfigError, match=r"data.train\[0\].format='eurus3'"):
-        load_config(config)
+        load_run_config(config)
     config.write_text("data:\n  train:\n    - {path: x.jsonl, domain: chemistry}\n")
     with pytest.raises(ConfigError, match=r"data.train\[0\].domain='chemistry'"):
-        load_config(config)
+        load_run_config(config)
     config.write_text("data:\n  overlong_prompts: cut\n  train:\n    - {path: arithmetic:add}\n")
     with pytest.raises(ConfigError, match="data.overlong_prompts='cut'"):
-        load_config(config)
+        load_run_config(config)
     config.write_text("data:\n  train:\n    - {path: 'reasoning_gym:graph_color', size: 10, split: null}\n")
-    assert load_config(config).data.train[0].size == 10
+    assert load_run_config(config).data.train[0].size == 10

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from megatron_prorl import cli
-from megatron_prorl.config import DataConfig, DataSourceConfig, load_config
+from megatron_prorl import cli, domains
+from megatron_prorl.config import DataConfig, DataSourceConfig
+from megatron_prorl.train.validate import load_run_config
 from megatron_prorl.data import BadRowWarning, load_data, load_source, save_rows
 from megatron_prorl.data import prepare as prep
 from megatron_prorl.data import reasoning_gym_mix as mix
@@ -44,7 +45,7 @@ def run_prepare(capsys, *args) -> tuple[int, str, str]:
 def paper_data(out: Path) -> DataConfig:
     os.environ["PRORL_DATA"] = str(out)
     try:
-        return load_config(PAPER_CONFIG).data
+        return load_run_config(PAPER_CONFIG).data
     finally:
         del os.environ["PRORL_DATA"]
 
@@ -109,6 +110,15 @@ def test_logic_is_the_reasoning_gym_mix(prepared):
                        if r.ground_truth["task"] == "graph_color")
     assert vertices == {10: 1, 20: 8}  # the trained size, and the larger held-out one
     assert not {problem_key(r.prompt) for r in train} & {problem_key(r.prompt) for r in val}
+
+
+def test_the_readme_counts_the_mix_as_the_code_does():
+    trained = len(mix.TRAIN_WEIGHTS)
+    in_val = len({spec.partition("?")[0] for spec in mix.split_weights("val")})  # graph_color twice, one task
+    readme = (ROOT / "README.md").read_text()
+    assert f"{mix.TRAIN_SIZE:,} problems over {trained} tasks" in readme
+    assert f"{mix.VAL_SIZE} validation problems over {in_val} tasks: the {trained} trained" in readme
+    assert f"all {trained} offline tasks" in readme
 
 
 def test_task_sizes_follow_the_weights():
@@ -246,6 +256,57 @@ def test_a_killed_run_leaves_no_partial_file_and_resumes(fixtures, tmp_path, cap
     assert sorted(os.listdir(out)) == ["code.jsonl", "logic_val.jsonl", "math.jsonl", "prepared.json"]
 
 
+def test_ctrl_c_is_one_line_and_the_rerun_goes_on(tmp_path):
+    """SIGINT to the process group of a real `prorl data prepare` (a terminal's Ctrl-C) while it
+    generates the Reasoning Gym training problems: one line, exit code 130, the validation file
+    kept and recorded, no partial file; the rerun skips what is done."""
+    from helpers.runs import ctrl_c, prorl, wait_for
+
+    out = tmp_path / "out"
+    proc = prorl("data", "prepare", "--out", out, "--only", "logic", "--logic-train-size", "3000",
+                 "--logic-val-size", "2")
+    manifest = out / prep.MANIFEST
+    wait_for(lambda: manifest.exists() and "logic_val.jsonl" in manifest.read_text(), proc, what="the val file")
+    ctrl_c(proc, "prorl data prepare: interrupted; the files finished so far are kept (--out's prepared.json) "
+                 "and the same command goes on")
+    assert sorted(os.listdir(out)) == ["logic_val.jsonl", "prepared.json"]  # no partial logic.jsonl
+    proc = prorl("data", "prepare", "--out", out, "--only", "logic", *TINY_LOGIC)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text[-3000:]
+    assert "logic_val.jsonl: complete already" in text and (out / "logic.jsonl").is_file()
+
+
+def test_without_network_the_hub_fails_fast_naming_the_source_flag(tmp_path, capsys, monkeypatch):
+    """No hub (a closed port stands in for a machine without network): one line within seconds,
+    not half a minute of retries, pointing at --source DOMAIN=PATH."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    started = time.monotonic()
+    rc, _, err = run_prepare(capsys, "--out", tmp_path / "out", "--only", "math", *TINY_LOGIC)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert time.monotonic() - started < 20
+    assert ("math source hf:agentica-org/DeepScaleR-Preview-Dataset: the Hugging Face hub cannot be reached "
+            "(127.0.0.1:9: Connection refused)") in err, err
+    assert "give a local copy with --source math=PATH" in err, err
+
+
+def test_the_val_file_is_written_only_when_the_config_reads_it(fixtures, tmp_path, capsys):
+    config = tmp_path / "no_val.yaml"
+    config.write_text("data:\n  train: [{path: arithmetic:add}]\n")
+    out = tmp_path / "out"
+    rc, stdout, err = run_prepare(capsys, "--out", out, *local_sources(fixtures), "--only", "math", "--config", config,
+                                  *TINY_LOGIC)
+    assert rc == 0, err
+    assert "logic_val.jsonl: not written (the config's data.val does not read it)" in stdout
+    assert sorted(os.listdir(out)) == ["math.jsonl", "prepared.json"]
+
+
 def test_a_hub_dataset_is_read_through_datasets(fixtures, tmp_path, capsys, monkeypatch):
     # A dataset directory stands in for the hub: datasets.load_dataset reads it the same way.
     import datasets
@@ -270,9 +331,11 @@ def test_a_hub_dataset_is_read_through_datasets(fixtures, tmp_path, capsys, monk
 
 
 def test_default_sources_are_the_public_datasets():
-    assert {d: p.format for d, p in prep.PUBLIC.items()} == {
+    public = {d: domains.get(d).prepare for d in prep.default_domains() if domains.get(d).prepare.source}
+    assert {d: p.format for d, p in public.items()} == {
         "math": "deepscaler", "code": "eurus2", "stem": "scp116k", "ifeval": "llama_nemotron_if"}
-    assert prep.PUBLIC["ifeval"].source.endswith("?name=RL&split=instruction_following")
+    assert public["ifeval"].source.endswith("?name=RL&split=instruction_following")
+    assert prep.default_domains() == ("math", "code", "stem", "ifeval", "logic")
 
 
 def bad_file(tmp_path: Path, name: str, content: bytes) -> Path:

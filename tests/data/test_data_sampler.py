@@ -76,10 +76,31 @@ def test_bad_weights_and_states():
     with pytest.raises(ValueError, match="empty pools"):
         MixedSampler({"math": []})
     state = MixedSampler(POOLS, seed=0).state_dict()
-    with pytest.raises(ValueError, match="data changed"):
-        MixedSampler(dict(POOLS, math=pool("math", 8))).load_state_dict(state)
     with pytest.raises(ValueError, match="state is for pools"):
         MixedSampler({"math": POOLS["math"]}).load_state_dict(state)
+
+
+def test_rows_reordered_or_edited_since_the_state_was_saved_are_named():
+    """Pools of the same sizes, other rows: the digest of each pool (its rows in order) is part
+    of the state, and a resume onto other rows is refused naming where they came from."""
+    state = json.loads(json.dumps(MixedSampler(POOLS, seed=0).state_dict()))
+    origins = {"code": "data/code.jsonl"}
+    with pytest.raises(ValueError, match=r"^data changed since the checkpoint: data/code.jsonl: the same 5 rows, "
+                                         r"in another order or with other content; resuming"):
+        MixedSampler(dict(POOLS, code=POOLS["code"][::-1]), origins=origins).load_state_dict(state)
+    edited = [Row(r.prompt, r.domain, "42" if i == 3 else r.ground_truth, r.source, r.id)
+              for i, r in enumerate(POOLS["logic"])]
+    with pytest.raises(ValueError, match=r"data changed since the checkpoint: logic: the same 11 rows"):
+        MixedSampler(dict(POOLS, logic=edited), origins=origins).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"data changed since the checkpoint: math: 7 rows then, 8 now"):
+        MixedSampler(dict(POOLS, math=pool("math", 8))).load_state_dict(state)
+    # equal rows (new objects, keys in another order) are the same data
+    copies = {n: [Row(**dict(reversed(list(r.to_dict().items())))) for r in rows] for n, rows in POOLS.items()}
+    MixedSampler(copies).load_state_dict(state)
+    # a state from before digests existed still loads
+    for entry in state["pools"].values():
+        del entry["digest"]
+    MixedSampler(dict(POOLS, code=POOLS["code"][::-1])).load_state_dict(state)
 
 
 def test_domain_mix_weights():

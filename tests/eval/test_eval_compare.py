@@ -46,7 +46,9 @@ def test_regimes_tables_and_plot(checkpoints, tmp_path, capsys):
     text = (out / "compare.md").read_text()
     assert "| base | 25.00 |" in text  # aime pass@1 of the base: 8 of 32
     assert "| aime | 25.00 -> 68.75 (+43.75) | 100.00 -> 75.00 (-25.00) | 8 | diminishing |" in text
-    assert "1. diminishing" in text and "1. diminishing" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1. diminishing" in text and "1. diminishing" in printed
+    assert printed.strip().splitlines()[-1] == f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}"
     assert (out / "compare.png").stat().st_size > 10_000
 
 

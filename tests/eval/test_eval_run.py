@@ -73,7 +73,7 @@ def test_resume_after_interruption_gives_same_results(tiny_eval, tmp_path):
     assert load_results(resumed)["ks"] == [1, 4]
 
 
-def test_training_checkpoint_is_converted_on_the_fly(tiny_eval, tmp_path):
+def test_training_checkpoint_is_converted_on_the_fly(tiny_eval, tmp_path, capsys):
     from checkpoint_convert import hf_to_megatron
     from megatron_prorl.builtin import resolve
 
@@ -83,6 +83,9 @@ def test_training_checkpoint_is_converted_on_the_fly(tiny_eval, tmp_path):
     (step.parent / "latest").write_text(step.name + "\n")
     out = tmp_path / "ckpt_eval"
     assert run(str(tmp_path / "run"), ["builtin:tiny/heldout.jsonl"], out, "--limit", "4") == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--model")]
+    assert said == [f"--model {tmp_path / 'run'}: checkpoint {step} (the run's latest checkpoint), converting it to "
+                    "Hugging Face format ..."]  # once
     assert not list(out.glob("converted-*"))  # the converted copy is removed
     mine = read_samples(out / "samples.jsonl", text=True)
     base = [r for r in read_samples(tiny_eval / "samples.jsonl", text=True)
@@ -98,6 +101,7 @@ def test_bad_inputs_are_one_clear_line(tiny_eval, tmp_path, capsys):
         (["--model", "builtin:tiny", "--data", str(tmp_path / "x.jsonl")], "data file not found"),
         (["--model", "builtin:tiny", "--data", "builtin:tiny/heldout.jsonl", "--k", "1,8"], "--k 8 > --samples 4"),
         (["--model", "builtin:tiny", "--data", "builtin:tiny/heldout.jsonl", "--top-p", "0"], "--top-p=0.0"),
+        (["--model", "builtin:tinyy", "--data", "builtin:tiny/heldout.jsonl"], "no built-in model 'tinyy' (known: tiny)"),
     ]
     for argv, message in cases:
         assert eval_main([*argv, "--out", str(tmp_path / "o"), *ARGS[:2], "--quiet"]) == 2
@@ -131,3 +135,48 @@ def test_cut_writes_are_dropped_or_completed(tmp_path):
     records = _complete_chunks(path, [source], settings)
     assert len(records) == 6 and "response" not in records[0]
     assert path.read_text().endswith("}\n") and len(path.read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("field, flag, key, value", [
+    ("samples", "--samples", "n", 0),
+    ("temperature", "--temperature", "temperature", 0.0),
+    ("top_p", "--top-p", "top_p", 1.5),
+    ("max_new_tokens", "--max-new-tokens", "max_response_length", 0),
+])
+def test_sampling_settings_are_checked_as_training_checks_them(field, flag, key, value):
+    """One rule for sampling (rollout's check_sampling): eval's flags get training's messages."""
+    from megatron_prorl.config import ConfigError, RolloutConfig
+    from megatron_prorl.eval.run import EvalSettings
+    from megatron_prorl.rollout.base import check_config
+
+    with pytest.raises(ValueError) as in_eval:
+        EvalSettings(model="m", data=("a",), **{field: value}).check()
+    with pytest.raises(ConfigError) as in_training:
+        check_config(RolloutConfig(**{key: value}))
+    assert str(in_eval.value).startswith(f"{flag}={value}: must be ")
+    assert str(in_eval.value) == str(in_training.value).replace(f"rollout.{key}", flag)
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
+    """SIGINT to the process group of a real `prorl eval` (a terminal's Ctrl-C) once a chunk is
+    written: one line, exit code 130, no process left; the same command finishes the rest."""
+    import psutil
+    from helpers.runs import ctrl_c, prorl, wait_for
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", "builtin:tiny", "--data", "builtin:tiny/heldout.jsonl", "--out", out,
+            *ARGS[:ARGS.index("--limit")], "--limit", "40", "--chunk-problems", "4", "--reward-workers", "1", "--quiet"]
+    proc = prorl(*argv)
+    wait_for(lambda: (out / "samples.jsonl").exists() and (out / "samples.jsonl").stat().st_size, proc,
+             what="the first chunk")
+    processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    ctrl_c(proc, "prorl eval: interrupted; the finished chunks are kept in --out's samples.jsonl and the same "
+                 "command resumes")
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    assert not alive
+    kept = len(read_samples(out / "samples.jsonl"))
+    assert 0 < kept < 40 * 4
+    proc = prorl(*argv)
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, text[-3000:]
+    assert len(read_samples(out / "samples.jsonl")) == 40 * 4

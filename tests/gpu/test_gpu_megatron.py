@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 from helpers.gpu import (
-    PAD,
+    MODEL,
     TEMPERATURE,
     Tolerance,
     cuda_missing,
@@ -31,11 +31,11 @@ from helpers.gpu import (
     tensor_parallel_size,
     transformer_engine_missing,
     update_once,
-    write_hf_dir,
 )
+from helpers.hf_models import PAD, write_hf_dir
 
-from megatron_prorl.launch import spawn
-from megatron_prorl.launcher_env import applied
+from megatron_prorl.runtime.launch import spawn
+from megatron_prorl.runtime.launcher_env import applied
 
 pytestmark = gpu_marks(cuda_missing(), timeout=900)
 
@@ -53,7 +53,7 @@ def _te_linears(module) -> dict[str, str]:
     forward (TransformerEngineBaseModule.init_fp8_metadata, transformer_engine/pytorch/module/
     base.py, TE 1.x and 2.x); megatron-core's TE layers (0.16.1 and 0.17.0) subclass te.pytorch.Linear
     and LayerNormLinear, and its delayed recipe (TEDelayedScaling) subclasses DelayedScaling."""
-    from megatron_prorl.accelerator import missing_for_transformer_engine
+    from megatron_prorl.runtime.accelerator import missing_for_transformer_engine
 
     if missing_for_transformer_engine():
         return {}
@@ -73,9 +73,9 @@ def _te_linears(module) -> dict[str, str]:
 def _policy_run(hf_dir: str, dtype: str, tp: int, transformer_impl: str, fp8, update: bool) -> dict:
     import torch.distributed as dist
 
-    from megatron_prorl import device
-    from megatron_prorl.batch import from_sequences
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime import device
+    from megatron_prorl.train.batch import from_sequences
+    from megatron_prorl.runtime.distributed import shutdown_distributed
 
     _, _, actor = start_policy(hf_dir, dtype, tp, transformer_impl, fp8)
     prompts, responses = random_sequences(N_SEQ, seed=0)
@@ -98,7 +98,7 @@ def _policy_run(hf_dir: str, dtype: str, tp: int, transformer_impl: str, fp8, up
 def reference(tmp_path_factory):
     """The CPU fp32 path's log-probs (a rank that sees no GPU), transformers' fp32 and bf16 ones
     (the yardstick) and the control, all for the same weights and tokens."""
-    hf_dir = write_hf_dir(tmp_path_factory.mktemp("gpu_megatron") / "hf", seed=0)
+    hf_dir = write_hf_dir(tmp_path_factory.mktemp("gpu_megatron") / "hf", MODEL, seed=0)
     with applied(os.environ, {**os.environ, "CUDA_VISIBLE_DEVICES": ""}):
         cpu = spawn(_policy_run, 1, str(hf_dir), "fp32", 1, "local", None, False)[0]["logprobs"]
     prompts, responses = random_sequences(N_SEQ, seed=0)
@@ -134,3 +134,44 @@ def test_policy_on_cuda_matches_cpu_fp32_and_trains(spec, reference):
         else:
             problem = tolerance.check(out["logprobs"], reference["cpu"], reference["control"])
             assert not problem, f"rank {rank}, {spec}: {problem}"
+
+
+def _packed_run(hf_dir: str, tp: int, transformer_impl: str) -> dict:
+    """Log-probs of the same batch packed into THD rows (token budget 96, chunked log-probs), and
+    one packed update."""
+    from megatron_prorl.runtime import device
+    from megatron_prorl.runtime.distributed import shutdown_distributed
+    from megatron_prorl.train.batch import from_sequences
+
+    cfg, _, actor = start_policy(hf_dir, "bf16", tp, transformer_impl)
+    cfg.batch.max_tokens_per_micro_batch, cfg.batch.pack_sequences, cfg.model.logprob_chunk_tokens = 96, True, 16
+    prompts, responses = random_sequences(N_SEQ, seed=0)
+    host = from_sequences(prompts, responses, [0.0] * N_SEQ, pad_id=PAD)
+    batch = device.to_current(host)
+    packed_rows = [mb["input_ids"].shape for mb in actor._micro_batches(batch, logprob_pass=True)]
+    logprobs, _ = actor.forward_logprobs(batch, TEMPERATURE)
+    metrics = update_once(actor, seed=1)
+    shutdown_distributed()
+    return {"logprobs": logprobs.float().cpu()[host.loss_mask.bool()], "metrics": metrics, "rows": packed_rows}
+
+
+@pytest.mark.parametrize("spec", [
+    "local-bf16",
+    pytest.param("te-bf16", marks=skip_unless(transformer_engine_missing())),
+])
+def test_packed_thd_rows_on_cuda_match_cpu_fp32(spec, reference):
+    """Packed sequences on the GPU: Transformer Engine's attention over THD rows (megatron-core
+    0.16.1 PackedSeqParams, cu_seqlens; TEDotProductAttention runs them as padding_causal) and the
+    local spec's per-sequence attention give the CPU fp32 log-probs of the unpacked batch within the
+    bf16 tolerance, and a packed update trains. (On CPU, tests/train/test_long_sequences.py holds
+    every mode to the unpacked reference within 1e-5 and runs the packed actor on the simulated
+    device.)"""
+    tp = tensor_parallel_size()
+    transformer_impl, _ = SPECS[spec]
+    runs = spawn(_packed_run, tp, reference["dir"], tp, transformer_impl, timeout=900)
+    for rank, out in enumerate(runs):
+        assert all(shape[0] == 1 for shape in out["rows"]) and len(out["rows"]) < N_SEQ, out["rows"]
+        problem = Tolerance.bf16(reference["yardstick"]).check(out["logprobs"], reference["cpu"], reference["control"])
+        assert not problem, f"rank {rank}, {spec} packed: {problem}"
+        metrics = out["metrics"]
+        assert metrics["update_skipped"] == 0 and math.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0

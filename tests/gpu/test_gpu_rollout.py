@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.gpu import (
-    EOS,
     MODEL,
-    PAD,
     TEMPERATURE,
     Tolerance,
     cuda_missing,
@@ -28,10 +26,10 @@ from helpers.gpu import (
     tensor_parallel_size,
     trainer_recomputation,
     update_once,
-    write_hf_dir,
 )
+from helpers.hf_models import EOS, PAD, write_hf_dir
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 pytestmark = gpu_marks(cuda_missing(), timeout=900)
 
@@ -61,8 +59,8 @@ def _engine_run(hf_dir: str, tp: int) -> dict:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megatron_prorl import device
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime import device
+    from megatron_prorl.runtime.distributed import shutdown_distributed
     from megatron_prorl.rollout import SamplingParams, build_engine_from_config
     from megatron_prorl.weight_sync import WeightSync
 
@@ -120,7 +118,7 @@ def _sleep_wake_memory() -> dict:
 
 @pytest.fixture(scope="module")
 def engine_run(tmp_path_factory):
-    hf_dir = write_hf_dir(tmp_path_factory.mktemp("gpu_rollout") / "hf", seed=0)
+    hf_dir = write_hf_dir(tmp_path_factory.mktemp("gpu_rollout") / "hf", MODEL, seed=0)
     tp = tensor_parallel_size()
     return spawn(_engine_run, tp, str(hf_dir), tp, timeout=900)
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.gpu import (
-    EOS,
-    PAD,
+    MODEL,
     TEMPERATURE,
     Tolerance,
     gpu_marks,
@@ -28,10 +27,10 @@ from helpers.gpu import (
     start_policy,
     tensorrt_llm_missing,
     trainer_recomputation,
-    write_hf_dir,
 )
+from helpers.hf_models import EOS, PAD, write_hf_dir
 
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 pytestmark = gpu_marks(tensorrt_llm_missing(), timeout=1800)
 
@@ -40,8 +39,8 @@ SAMPLING = dict(n=4, temperature=TEMPERATURE, max_new_tokens=24, seed=3)
 
 
 def _trtllm_run(engine_dir: str, policy_dir: str) -> dict:
-    from megatron_prorl import device
-    from megatron_prorl.distributed import shutdown_distributed
+    from megatron_prorl.runtime import device
+    from megatron_prorl.runtime.distributed import shutdown_distributed
     from megatron_prorl.rollout import SamplingParams, build_engine_from_config
     from megatron_prorl.weight_sync import WeightSync
 
@@ -79,7 +78,7 @@ def _trtllm_run(engine_dir: str, policy_dir: str) -> dict:
 @pytest.fixture(scope="module")
 def trtllm_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_trtllm")
-    engine_dir, policy_dir = write_hf_dir(tmp / "engine", seed=0), write_hf_dir(tmp / "policy", seed=1)
+    engine_dir, policy_dir = write_hf_dir(tmp / "engine", MODEL, seed=0), write_hf_dir(tmp / "policy", MODEL, seed=1)
     return policy_dir, spawn(_trtllm_run, 1, str(engine_dir), str(policy_dir), timeout=1500)[0]
 
 

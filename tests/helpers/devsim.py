@@ -19,18 +19,25 @@ machine, and an operation that would fail there fails here:
   object collectives (``broadcast_object_list`` ...) stage through the current CUDA device on an
   "NCCL" group, as torch does on a GPU;
 - ``torch.cuda.is_available()`` is True, ``set_device`` / ``current_device`` keep an index,
-  ``torch.Generator(device="cuda")`` is a CPU generator.
+  ``torch.Generator(device="cuda")`` is a CPU generator;
+- memory as torch's caching allocator holds it: each simulated device has
+  :data:`DEVICE_MEMORY` bytes, of which the storages labelled with it are allocated, and blocks
+  freed since the last ``torch.cuda.empty_cache()`` stay reserved (cached: still taken, as seen
+  by another process on a GPU) until new allocations reuse them; ``torch.cuda.mem_get_info()``
+  reports what is left, ``memory_allocated`` / ``memory_reserved`` and their peaks what is taken.
+  A storage counts with its size when it was labelled.
 
 Labels are kept per storage (``untyped_storage()``), not per tensor object, so
 views, ``param.data = ...`` swaps (``Module.to``) and Megatron's parameter buffers keep them.
 Tensors the modes never saw created (``torch.from_numpy``, unpickled ones) count as CPU tensors.
+Memory tests read the same books directly (``allocated``, ``max_allocated``, ``reset_peak``).
 
 Why not the alternatives (torch 2.13.0+cpu, tried): FakeTensorMode with a "cuda" device aborts in
 C++ on the first linear layer; the "meta" device has no data (sampling, rewards and ``.item()``
 cannot run) and accepts CPU indices into embeddings, the very crash this must catch.
 
 Megatron-Core's own CPU obstacles (RNG tracker, gradient clipping) are removed, and streams and
-synchronisation stood in for, by ``megatron_prorl.cpu_backend``, which is enabled first: the
+synchronisation stood in for, by ``megatron_prorl.runtime.cpu_backend``, which is enabled first: the
 simulation is that backend plus labels.
 """
 
@@ -49,6 +56,7 @@ from torch.utils._pytree import tree_leaves
 
 CPU = "cpu"
 DEVICE_COUNT = 8  # what torch.cuda.device_count() reports: one node's GPUs
+DEVICE_MEMORY = 81559 << 20  # each device's total, as torch.cuda.mem_get_info reports an H100 80GB's
 
 aten = torch.ops.aten
 _METHOD_WRAPPER = type(torch._C.TensorBase.device.__get__)
@@ -65,10 +73,21 @@ def _describe(tensors) -> str:
 
 class _Labels:
     """Simulated device per storage. A storage's Python object lives as long as its memory
-    (torch preserves it), so it is the key: by id, checked by identity, forgotten when freed."""
+    (torch preserves it), so it is the key: by id, checked by identity, forgotten when freed.
+
+    It also keeps the books of torch's caching allocator, per device: every labelled storage's size
+    counts as allocated (``live``) until the storage is freed (or resized, see :meth:`refresh`),
+    with its peak, as ``torch.cuda.memory_allocated`` / ``max_memory_allocated`` count on a GPU
+    (without the rounding to 512-byte blocks); ``reserved`` is what the allocator holds: a freed
+    block stays reserved (cached) and is reused by later allocations, until ``empty_cache``.
+    """
 
     def __init__(self):
-        self._by_id: dict[int, tuple[str, weakref.ref]] = {}
+        self._by_id: dict[int, tuple[str, weakref.ref, int]] = {}
+        self.live: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.reserved: dict[str, int] = {}
+        self.peak_reserved: dict[str, int] = {}
 
     @staticmethod
     def _storage(t: torch.Tensor):
@@ -83,17 +102,50 @@ class _Labels:
         entry = None if s is None else self._by_id.get(id(s))
         return entry[0] if entry is not None and entry[1]() is s else CPU
 
+    def _count(self, label: str, nbytes: int) -> None:
+        if label == CPU:
+            return
+        live = self.live[label] = self.live.get(label, 0) + nbytes
+        if live > self.peak.get(label, 0):
+            self.peak[label] = live
+        if label != CPU and live > self.reserved.get(label, 0):  # cached blocks are used first
+            self.reserved[label] = live
+            self.peak_reserved[label] = max(live, self.peak_reserved.get(label, 0))
+
     def set(self, t: torch.Tensor, label: str) -> None:
         s = self._storage(t)
         if s is None:
             return
         key = id(s)
+        old = self._by_id.get(key)
+        if old is not None and old[1]() is s:  # relabelled: its bytes move
+            self._count(old[0], -old[2])
 
         def forget(ref, key=key):
-            if self._by_id.get(key, (None, None))[1] is ref:
+            entry = self._by_id.get(key)
+            if entry is not None and entry[1] is ref:
                 del self._by_id[key]
+                self._count(entry[0], -entry[2])
 
-        self._by_id[key] = (label, weakref.ref(s, forget))
+        nbytes = s.nbytes()
+        self._by_id[key] = (label, weakref.ref(s, forget), nbytes)
+        self._count(label, nbytes)
+
+    def refresh(self, t: torch.Tensor) -> None:
+        """Recount a storage an in-place op may have resized (``resize_``, ``set_``)."""
+        s = self._storage(t)
+        entry = None if s is None else self._by_id.get(id(s))
+        if entry is not None and entry[1]() is s and s.nbytes() != entry[2]:
+            self._by_id[id(s)] = (entry[0], entry[1], s.nbytes())
+            self._count(entry[0], s.nbytes() - entry[2])
+
+    def reset_peak(self) -> None:
+        self.peak = dict(self.live)
+        self.peak_reserved = dict(self.reserved)
+
+    def empty_cache(self) -> None:
+        """The cached blocks go back to the device: reserved is what is allocated."""
+        self.reserved = {label: n for label, n in self.live.items() if label != CPU}
 
 
 def _storages(tensors) -> set[int]:
@@ -134,12 +186,16 @@ class _Dispatch(TorchDispatchMode):
             for t in _tensors(out):
                 if id(labels._storage(t)) not in own:  # in-place results and views keep theirs
                     labels.set(t, label)
+                else:
+                    labels.refresh(t)
             return out
 
     def _op_device(self, func, args, inputs) -> str:
         """The device the op runs on; raises when its inputs would be on two devices."""
         labels = self.sim.labels
         if func in _CROSS_DEVICE:  # the result is where the function mode says (or in place)
+            if self.sim.move_target is not None:  # a device move: the copy is born there
+                return self.sim.move_target
             return labels.get(inputs[0]) if inputs else CPU
         checked = inputs
         if func in _INDEXING:  # CPU index tensors are fine; the indexed tensor and values decide
@@ -189,8 +245,12 @@ class _Function(TorchFunctionMode):
               memory_format=torch.preserve_format) -> torch.Tensor:
         labels = self.sim.labels
         source = labels.get(t)
-        out = t.to(CPU, dtype=dtype, non_blocking=non_blocking, copy=copy or source != target,
-                   memory_format=memory_format)
+        self.sim.move_target = target
+        try:
+            out = t.to(CPU, dtype=dtype, non_blocking=non_blocking, copy=copy or source != target,
+                       memory_format=memory_format)
+        finally:
+            self.sim.move_target = None
         if out is not t:
             labels.set(out, target)
         return out
@@ -254,14 +314,30 @@ class _CpuGenerator(torch._C.Generator, metaclass=_AnyGenerator):
 class SimulatedCuda:
     """The simulation's state: labels, the current device index, each group's backend."""
 
-    def __init__(self):
+    def __init__(self, memory: int = DEVICE_MEMORY):
         self.labels = _Labels()
+        self.memory = memory
         self.current = 0
         self.backends: dict[str, str] = {}  # process group name -> "nccl" | "gloo"
         self.collectives: set[tuple[str, str, str]] = set()  # (op, group backend, device) checked
+        self.log: list[tuple[str, ...]] = []  # (op, group backend) of every collective, in order
+        self.move_target: Optional[str] = None  # while a device move copies: where the copy goes
 
     def device_of(self, t: torch.Tensor) -> str:
         return self.labels.get(t)
+
+    # ---- memory -----------------------------------------------------------------------------
+    def allocated(self, device: str) -> int:
+        """Bytes of live storages on ``device`` (e.g. "cuda:0"): torch.cuda.memory_allocated."""
+        return self.labels.live.get(device, 0)
+
+    def max_allocated(self, device: str) -> int:
+        """The most bytes live on ``device`` since the last :meth:`reset_peak` (or the start)."""
+        return self.labels.peak.get(device, 0)
+
+    def reset_peak(self) -> None:
+        """Start each device's peak afresh from its live bytes (torch.cuda.reset_peak_memory_stats)."""
+        self.labels.reset_peak()
 
     def backend_of(self, group) -> str:
         return self.backends.get(group.group_name, "gloo")
@@ -271,9 +347,12 @@ class SimulatedCuda:
         group = next((dist.ProcessGroup.unbox(a) for a in (*args, *kwargs.values())
                       if isinstance(a, torch.ScriptObject) and "ProcessGroup" in str(a)), None)
         name = func.__name__.split(".")[0]
-        if group is None or name in _NO_USER_TENSORS:
+        if group is None:
             return
         backend = self.backend_of(group)
+        self.log.append((name, backend))
+        if name in _NO_USER_TENSORS:
+            return
         need = f"cuda:{self.current}" if backend == "nccl" else CPU
         tensors = _tensors((args, kwargs))
         wrong = [t for t in tensors if self.labels.get(t) != need]
@@ -325,9 +404,23 @@ class SimulatedCuda:
             raise DeviceMismatch(f"torch.cuda.set_device({device!r}): {DEVICE_COUNT} simulated devices")
         self.current = index
 
+    def _mem_get_info(self, device=None) -> tuple[int, int]:
+        """(free, total): the total less what the caching allocator holds on that device."""
+        index = self.current if device is None else (device if isinstance(device, int) else torch.device(device).index)
+        return self.memory - self.labels.reserved.get(f"cuda:{self.current if index is None else index}", 0), self.memory
+
     def patches(self) -> dict[tuple[object, str], object]:
         cuda = torch.cuda
+        here = lambda *a, **k: f"cuda:{self.current}"  # noqa: E731
         return {
+            (cuda, "mem_get_info"): self._mem_get_info,
+            (cuda, "empty_cache"): self.labels.empty_cache,
+            (cuda, "memory_allocated"): lambda *a, **k: self.allocated(here()),
+            (cuda, "max_memory_allocated"): lambda *a, **k: self.max_allocated(here()),
+            (cuda, "memory_reserved"): lambda *a, **k: self.labels.reserved.get(here(), 0),
+            (cuda, "max_memory_reserved"): lambda *a, **k: self.labels.peak_reserved.get(here(), 0),
+            (cuda, "reset_peak_memory_stats"): lambda *a, **k: self.reset_peak(),
+            (cuda, "get_device_name"): lambda *a, **k: "simulated CUDA device",
             (cuda, "is_available"): lambda: True,
             (cuda, "device_count"): lambda: DEVICE_COUNT,
             (cuda, "current_device"): lambda: self.current,
@@ -346,18 +439,19 @@ class SimulatedCuda:
 
 
 @contextlib.contextmanager
-def simulated_cuda(megatron: bool = True) -> Iterator[SimulatedCuda]:
+def simulated_cuda(megatron: bool = True, memory: int = DEVICE_MEMORY) -> Iterator[SimulatedCuda]:
     """Run the body as on a CUDA machine, strictly checked; everything is restored on exit.
 
     ``megatron``: enable the project's CPU backend first (process-wide by design, and before
     ``is_available()`` turns True: it refuses to run on a GPU machine); tests that use neither
-    Megatron-Core nor CUDA streams skip its import.
+    Megatron-Core nor CUDA streams skip its import. ``memory``: each device's total bytes
+    (``torch.cuda.mem_get_info``: free is the total less the device's live tensors).
     """
     if megatron:
-        from megatron_prorl import cpu_backend
+        from megatron_prorl.runtime import cpu_backend
 
         cpu_backend.enable()
-    sim = SimulatedCuda()
+    sim = SimulatedCuda(memory)
     saved = {}
     try:
         for (owner, name), value in sim.patches().items():

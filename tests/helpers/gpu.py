@@ -1,5 +1,6 @@
-"""What the GPU tests (tests/gpu) share: why a test cannot run on this machine, one small model
-written as a Hugging Face directory, and the bf16 log-prob tolerance.
+"""What the GPU tests (tests/gpu) share: why a test cannot run on this machine, one small model's
+config (written as a Hugging Face directory by helpers.hf_models.write_hf_dir), and the bf16
+log-prob tolerance.
 
 Skip reasons are found without importing ``tensorrt_llm`` (its import initialises MPI; the
 engine imports it in the rank that builds it) and without touching CUDA on a machine without it.
@@ -28,7 +29,8 @@ from typing import Optional
 import pytest
 import torch
 
-from megatron_prorl import accelerator
+from helpers.hf_models import PAD, QWEN2
+from megatron_prorl.runtime import accelerator
 
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
 
@@ -36,11 +38,9 @@ NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
 # (flash attention, TensorRT-LLM's attention kernels), GEMM sizes multiples of 16 (FP8), the
 # project's byte tokenizer's 261 ids (EOS 1, PAD 0). Init std 0.05: peaked enough that a
 # temperature error is 20x the bf16 noise, small enough that bf16 stays well-behaved.
-MODEL = dict(model_type="qwen2", hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-             num_attention_heads=4, num_key_value_heads=2, vocab_size=261, max_position_embeddings=512,
-             rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False, initializer_range=0.05,
-             eos_token_id=1, pad_token_id=0)
-EOS, PAD = 1, 0
+# Written to disk by hf_models.write_hf_dir(path, MODEL, seed).
+MODEL = dict(QWEN2, hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=261,
+             max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.05)
 TEMPERATURE = 1.2
 SLACK = 3.0
 FLOOR_MEAN, FLOOR_MAX = 1e-3, 1e-2
@@ -92,19 +92,6 @@ def tensor_parallel_size() -> int:
 
 # ---- the model -----------------------------------------------------------------------------
 
-def write_hf_dir(path: Path, seed: int) -> Path:
-    """:data:`MODEL` with random weights (``seed``) and the byte tokenizer, as a Hugging Face
-    directory (TensorRT-LLM loads config, weights and tokenizer from it)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from megatron_prorl.tokenizer import build_byte_tokenizer
-
-    torch.manual_seed(seed)
-    Qwen2ForCausalLM(Qwen2Config(**MODEL)).save_pretrained(path)
-    build_byte_tokenizer().save_pretrained(path)
-    return path
-
-
 def random_sequences(n: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
     """``n`` (prompt, response) token lists of varied lengths (ids past the special tokens)."""
     g = torch.Generator().manual_seed(seed)
@@ -123,7 +110,7 @@ def hf_logprobs(weights: dict[str, torch.Tensor] | Path, prompts, responses, dty
     flattened in the order of ``TrainBatch.loss_mask`` (row-major over the response tokens)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.train.batch import from_sequences
 
     if isinstance(weights, Path):
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype)
@@ -144,9 +131,9 @@ def start_policy(hf_dir: str, dtype: str = "bf16", tp: int = 1, transformer_impl
     """Distributed state (NCCL with CUDA) and a PolicyActor holding ``hf_dir``'s weights, as the
     trainer starts them; ``rollout``: RolloutConfig fields. Returns (config, arch, actor)."""
     from checkpoint_convert import load_arch, load_hf_weights
-    from megatron_prorl.actor import PolicyActor
+    from megatron_prorl.train.actor import PolicyActor
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed
+    from megatron_prorl.runtime.distributed import init_distributed
 
     cfg = ProRLConfig()
     cfg.model.dtype, cfg.model.transformer_impl = dtype, transformer_impl
@@ -168,8 +155,8 @@ def start_policy(hf_dir: str, dtype: str = "bf16", tp: int = 1, transformer_impl
 
 def update_once(actor, seed: int) -> dict:
     """One real update on random sequences (the policy's weights move away from the file's)."""
-    from megatron_prorl import device
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.runtime import device
+    from megatron_prorl.train.batch import from_sequences
 
     prompts, responses = random_sequences(8, seed)
     batch = device.to_current(from_sequences(prompts, responses, torch.linspace(-1, 1, 8).tolist(), pad_id=PAD))
@@ -185,8 +172,8 @@ def trainer_recomputation(actor, samples, prompts) -> dict:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megatron_prorl import device
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.runtime import device
+    from megatron_prorl.train.batch import from_sequences
 
     payload = [None if samples is None else
                ([prompts[s.prompt_index] for s in samples], [s.token_ids for s in samples],

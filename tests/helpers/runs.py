@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,11 +52,25 @@ def prorl(*args, env: dict | None = None, **kwargs) -> subprocess.Popen:
                             start_new_session=True, **kwargs)
 
 
-def run_ok(*args, timeout=600) -> str:
-    proc = prorl(*args)
+def run_ok(*args, timeout=600, env: dict | None = None) -> str:
+    proc = prorl(*args, env=env)
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
     return out
+
+
+def prorl_fails(*args, timeout=300, env: dict | None = None, command: str = "prorl", alone: bool = False) -> str:
+    """Run ``prorl ARGS``; it must fail with exit code 2 and one line on stderr, ``COMMAND: error:
+    ...``, no traceback (``alone``: and nothing else on stderr). Returns that line. ``env``: the
+    whole environment (default: this one's)."""
+    env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "megatron_prorl.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(f"{command}: error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not alone or proc.stderr.strip() == errors[0], proc.stderr[-3000:]
+    return errors[0]
 
 
 def records(run_dir: Path, kind: str = "train") -> list[dict]:
@@ -65,6 +80,16 @@ def records(run_dir: Path, kind: str = "train") -> list[dict]:
 
 def comparable(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if not k.startswith(TIMING)}
+
+
+def ctrl_c(proc: subprocess.Popen, last_line: str) -> str:
+    """Ctrl-C as a terminal sends it (SIGINT to the process group); the command must end with
+    exit code 130 and ``last_line``, without a traceback. Returns its output."""
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and out.strip().splitlines()[-1] == last_line, out[-3000:]
+    return out
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 600.0, what: str = "the condition") -> None:

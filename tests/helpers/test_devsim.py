@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers.devsim import DeviceMismatch, simulated_cuda
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 
 def test_code_takes_its_gpu_branches_while_computing_on_the_cpu():
@@ -86,6 +86,30 @@ def test_cpu_scalars_join_cuda_ops_but_cuda_scalars_do_not_join_cpu_ops():
             torch.cat([x, torch.ones(3)])
 
 
+def test_memory_is_taken_by_live_and_cached_blocks_until_empty_cache():
+    """mem_get_info as a process sees its GPU under torch's caching allocator: a freed tensor's
+    block stays taken until empty_cache(); per device; host tensors take none of it."""
+    from helpers.devsim import DEVICE_MEMORY
+
+    with simulated_cuda(megatron=False):
+        assert torch.cuda.mem_get_info() == (DEVICE_MEMORY, DEVICE_MEMORY)
+        x = torch.zeros(1 << 20, device="cuda")  # 4 MiB
+        host = torch.zeros(1 << 20)
+        free = lambda *device: torch.cuda.mem_get_info(*device)[0]  # noqa: E731
+        assert free() == DEVICE_MEMORY - (4 << 20) and free(1) == free("cuda:1") == DEVICE_MEMORY
+        view = x[: 1 << 10]
+        del x
+        assert free() == DEVICE_MEMORY - (4 << 20)  # a view keeps the storage alive
+        del view
+        assert free() == DEVICE_MEMORY - (4 << 20)  # freed, but cached
+        torch.cuda.empty_cache()
+        assert free() == DEVICE_MEMORY and host.sum() == 0
+        torch.cuda.set_device(1)
+        y = torch.ones(256, device="cuda")
+        assert free(1) == free() == DEVICE_MEMORY - 1024 and free(0) == DEVICE_MEMORY
+        del y
+
+
 def _collectives() -> dict:
     import torch.distributed as dist
 
@@ -139,3 +163,27 @@ def test_collectives_take_the_device_their_backend_requires():
         assert "NCCL group" in cpu_on_sub and "cpu" in cpu_scalar_on_nccl  # NCCL takes no CPU scalar either
         assert "a GLOO group takes CPU tensors" in cuda_on_gloo
         assert f"got tensors on cuda:{1 - rank}" in other_gpu  # the neighbour rank's GPU
+
+
+def test_bytes_are_counted_per_device_with_a_resettable_peak():
+    with simulated_cuda(megatron=False) as sim:
+        a = torch.zeros(1000, device="cuda")  # 4000 bytes
+        torch.cuda.set_device(1)
+        b = torch.zeros(10, dtype=torch.float64, device="cuda")
+        host = torch.zeros(10**6)  # CPU tensors are not counted
+        assert (sim.allocated("cuda:0"), sim.allocated("cuda:1")) == (4000, 80)
+        c = a * 2  # a new storage on a's device
+        view = c[:10]
+        assert sim.allocated("cuda:0") == 8000
+        del c
+        assert sim.allocated("cuda:0") == 8000  # the view keeps the storage alive
+        del view
+        assert sim.allocated("cuda:0") == 4000 and sim.max_allocated("cuda:0") == 8000
+        sim.reset_peak()
+        assert sim.max_allocated("cuda:0") == 4000
+        a.resize_(2000)  # in place, larger
+        assert sim.allocated("cuda:0") == 8000
+        moved = b.cpu()
+        del b
+        assert sim.allocated("cuda:1") == 0 and sim.max_allocated("cuda:1") == 80
+        assert moved.sum().item() == 0 and host.numel() == 10**6

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_prorl.launch import spawn
+from helpers.hf_models import QWEN2, write_hf_dir
+from megatron_prorl.runtime.launch import spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -19,7 +20,7 @@ N_SEQ = 8
 
 
 def _batch(vocab: int):
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.train.batch import from_sequences
 
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(1, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
@@ -51,9 +52,9 @@ def _run_layout(hf_dir: str, tp: int, pp: int):
 
     from checkpoint_convert import load_arch, load_hf_weights
 
-    from megatron_prorl.actor import PolicyActor
+    from megatron_prorl.train.actor import PolicyActor
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
 
     cfg = ProRLConfig()
     cfg.model.hf_dir = hf_dir
@@ -109,19 +110,10 @@ def _collect(results):
 
 @pytest.fixture(scope="module")
 def hf_model_dir(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100, max_position_embeddings=64,
-                         tie_word_embeddings=False, rope_theta=10000.0)
-    model = Qwen2ForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():  # norms and biases too, so every mapping matters
-            p.normal_(0, 0.1)
-    path = tmp_path_factory.mktemp("qwen2") / "hf"
-    model.save_pretrained(path)
-    return str(path)
+    # 4 layers for PP=2; every tensor drawn (norms and biases too), so every mapping matters.
+    config = dict(QWEN2, num_hidden_layers=4, tie_word_embeddings=False)
+    return str(write_hf_dir(tmp_path_factory.mktemp("qwen2") / "hf", config, seed=0, every_tensor=True,
+                            tokenizer=False))
 
 
 @pytest.fixture(scope="module")

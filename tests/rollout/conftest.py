@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rollout_models import EOS, PAD, qwen2_config, reference_model, state_dict_buckets
+from rollout_models import qwen2_config, reference_model, state_dict_buckets
 
+from helpers.hf_models import EOS, PAD
 from megatron_prorl.rollout.hf_engine import TransformersEngine
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rollout_models import EOS, PAD, qwen2_config, reference_model, state_dict_buckets
+from rollout_models import qwen2_config, reference_model, state_dict_buckets
 
-from megatron_prorl.config import ConfigError, RolloutConfig, load_config
+from helpers.hf_models import EOS, PAD
+from megatron_prorl.config import ConfigError, RolloutConfig
+from megatron_prorl.train.validate import load_run_config
 from megatron_prorl.rollout import SamplingParams, build_engine, build_engine_from_config
 from megatron_prorl.rollout.hf_engine import TransformersEngine
 
@@ -45,6 +47,28 @@ def test_logprobs_at_temperature_match_a_full_forward(tied_setup, max_batch_size
     s = max(samples, key=lambda s: len(s.token_ids))
     at_one = recomputed_logprobs(ref, PROMPTS[s.prompt_index], s.token_ids, 1.0)
     assert (s.logprobs - at_one).abs().max() > 1e-2
+
+
+def test_chunks_hold_prompts_of_similar_length_and_samples_keep_the_prompt_order(tied_setup, monkeypatch):
+    """max_batch_size 6 with n=3: two prompts per chunk, the longest two together (their left
+    padding is what every decoding step attends over), samples back in the prompts' order."""
+    cfg, ref, engine = tied_setup
+    chunks = []
+    real = TransformersEngine._generate_chunk
+
+    def spy(self, prompts, indices, *args):
+        chunks.append([len(p) for p in prompts])
+        return real(self, prompts, indices, *args)
+
+    monkeypatch.setattr(TransformersEngine, "_generate_chunk", spy)
+    engine.max_batch_size = 6
+    try:
+        samples = engine.generate(PROMPTS, SamplingParams(n=3, temperature=1.2, max_new_tokens=8, seed=7))
+    finally:
+        engine.max_batch_size = None
+    assert chunks == [[12, 7], [3, 1]]
+    assert [(s.prompt_index, s.sample_index) for s in samples] == [(p, j) for p in range(4) for j in range(3)]
+    assert_logprobs_match(samples, ref, PROMPTS, 1.2)
 
 
 def test_top_p_samples_inside_the_nucleus_and_records_untruncated_logprobs(tied_setup):
@@ -153,7 +177,7 @@ def test_sleep_wake_and_registry(tied_setup):
                                      dtype=torch.float32)
     assert isinstance(built, TransformersEngine) and built.max_batch_size == 32
     with pytest.raises(ConfigError, match="rollout.engine_max_batch_size=0"):
-        load_config(overrides=["rollout.engine_max_batch_size=0"])
+        load_run_config(overrides=["rollout.engine_max_batch_size=0"])
     with pytest.raises(ValueError, match="unknown rollout engine 'vllm'; known: tensorrt_llm, transformers"):
         build_engine("vllm")
     with pytest.raises(ValueError, match="prompt 1 is empty"):

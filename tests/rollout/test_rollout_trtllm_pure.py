@@ -19,10 +19,11 @@ from typing import Optional
 
 import pytest
 import torch
-from rollout_models import EOS, PAD
 
-from megatron_prorl.accelerator import missing_for_tensorrt_llm
-from megatron_prorl.rollout import SamplingParams, build_engine
+from helpers.fake_dist import write_distribution
+from helpers.hf_models import EOS, PAD
+from megatron_prorl.rollout import SamplingParams, build_engine, build_engine_from_config
+from megatron_prorl.runtime.accelerator import missing_for_tensorrt_llm
 from megatron_prorl.rollout import trtllm
 from megatron_prorl.rollout.base import eos_token_ids
 from megatron_prorl.rollout.trtllm import (
@@ -210,14 +211,9 @@ def fake_tensorrt_llm(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "tensorrt_llm", raising=False)
 
     def make(version: str):
-        root = tmp_path / version
-        (root / "tensorrt_llm").mkdir(parents=True)
-        (root / "tensorrt_llm" / "__init__.py").write_text(
-            f"import os\nSEEN = dict(os.environ)\n__version__ = {version!r}\n")
-        dist = root / f"tensorrt_llm-{version}.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: {version}\n")
-        monkeypatch.syspath_prepend(str(root))
+        init = f"import os\nSEEN = dict(os.environ)\n__version__ = {version!r}\n"
+        monkeypatch.syspath_prepend(str(write_distribution(tmp_path / version, "tensorrt_llm", version,
+                                                           {"__init__.py": init})))
         importlib.invalidate_caches()
 
     yield make
@@ -336,3 +332,164 @@ def test_missing_here_names_what_stops_the_adapter(monkeypatch):
     assert trtllm.missing_here().startswith("ray is not installed")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert trtllm.missing_here() == ""
+
+
+# ---- the adapter's constructor against a stand-in of the release ------------------------------
+
+# Fields of rc24's KvCacheConfig (1.3.0rc24/_modules/tensorrt_llm/llmapi/llm_args.html; a subset:
+# the class is a StrictBaseModel, so any other key is refused, which the stand-in reproduces).
+RC24_KV_CACHE_FIELDS = {
+    "enable_block_reuse", "max_tokens", "max_attention_window", "sink_token_length", "free_gpu_memory_fraction",
+    "host_cache_size", "disk_cache_size", "disk_cache_path", "cross_kv_cache_fraction",
+    "secondary_offload_min_priority", "event_buffer_max_size", "attention_dp_events_gather_period_ms",
+    "enable_partial_reuse", "copy_on_partial_reuse", "use_uvm", "max_gpu_total_bytes", "iteration_stats_interval",
+    "dtype", "mamba_ssm_cache_dtype", "tokens_per_block", "use_kv_cache_manager_v2",
+}
+# The modules and names the adapter takes from the release (megatron_prorl/rollout/trtllm.py);
+# the LLM and KvCacheConfig record what they were given, and the environment they ran in.
+STAND_IN = {
+    "__init__.py": """
+import os
+CALLS = []
+__version__ = {version!r}
+
+class LLM:
+    def __init__(self, **kwargs):
+        CALLS.append(("LLM", kwargs, dict(os.environ)))
+
+    def _collective_rpc(self, method, args=()):
+        CALLS.append(("rpc", method, args))
+        from tensorrt_llm._torch.utils import get_device_uuid
+        return [get_device_uuid(0)] if method == "report_device_id" else None
+
+    def shutdown(self):
+        CALLS.append(("shutdown",))
+""",
+    "_torch/__init__.py": "",
+    "_torch/utils.py": "def get_device_uuid(index):\n    return f'GPU-standin-{{index}}'\n",
+    "llmapi/__init__.py": """
+from tensorrt_llm.llmapi.llm_args import KvCacheConfig
+""",
+    "llmapi/llm_args.py": """
+import enum
+
+FIELDS = {fields!r}
+
+class KvCacheConfig:
+    def __init__(self, **kwargs):
+        unknown = set(kwargs) - FIELDS
+        if unknown:
+            raise ValueError(f"extra fields not permitted: {{sorted(unknown)}}")
+        fraction = kwargs.get("free_gpu_memory_fraction", 0.9)
+        if not 0 <= fraction <= 1 or not isinstance(kwargs.get("max_gpu_total_bytes", 0), int) \\
+                or kwargs.get("max_gpu_total_bytes", 0) < 0:
+            raise ValueError(f"invalid {{kwargs}}")
+        self.kwargs = kwargs
+
+class ExecutorMemoryType(str, enum.Enum):
+    MODEL_WEIGHTS_MAIN = "model"
+    KV_CACHE = "kv_cache"
+
+class SleepConfig:
+    pass
+""",
+    "sampling_params.py": """
+import enum
+
+class LogprobMode(str, enum.Enum):
+    RAW = "raw"
+    PROCESSED = "processed"
+""",
+}
+
+
+class _StandInRay:
+    """``ray`` as the adapter uses it: a private instance, started and shut down."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.initialized = False
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs, dict(os.environ)))
+        self.initialized = True
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+        self.initialized = False
+
+
+@pytest.fixture
+def stand_in_release(tmp_path, monkeypatch):
+    """The targeted release as a stand-in package (installed, importable, CUDA assumed), ray as a
+    stand-in module; returns (tensorrt_llm module loader, ray, a Hugging Face directory)."""
+    files = {name: source.format(version=TARGET_RELEASE, fields=RC24_KV_CACHE_FIELDS) for name, source in STAND_IN.items()}
+    monkeypatch.syspath_prepend(str(write_distribution(tmp_path / "site", "tensorrt_llm", TARGET_RELEASE, files)))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(trtllm, "_imported_scrubbed", False)
+    monkeypatch.setattr(trtllm, "missing_for_tensorrt_llm", lambda: "")
+    ray = _StandInRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    hf_dir = tmp_path / "model"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    yield ray, hf_dir
+    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
+        sys.modules.pop(name)
+
+
+def _engine_from_config(hf_dir, *overrides: str):
+    from megatron_prorl.config import load_config
+
+    cfg = load_config(overrides=["rollout.engine=tensorrt_llm", *overrides])
+    return build_engine_from_config(cfg.rollout, hf_config={"model_type": "qwen2"}, hf_dir=str(hf_dir),
+                                    eos_token_ids=[EOS], pad_token_id=PAD, device=torch.device("cuda", 0),
+                                    dtype=torch.bfloat16)
+
+
+def test_the_kv_cache_byte_cap_reaches_kv_cache_config(stand_in_release):
+    """rollout.kv_cache_max_bytes -> KvCacheConfig.max_gpu_total_bytes beside the fraction (rc24:
+    the smaller of the two sizes is allocated), through the adapter's own constructor; unset, the
+    field is left at rc24's default (0: no cap)."""
+    ray, hf_dir = stand_in_release
+    engine = _engine_from_config(hf_dir, "rollout.kv_cache_memory_fraction=0.3", "rollout.kv_cache_max_bytes=12884901888")
+    import tensorrt_llm
+
+    (llm,) = [c for c in tensorrt_llm.CALLS if c[0] == "LLM"]
+    assert llm[1]["kv_cache_config"].kwargs == {"free_gpu_memory_fraction": 0.3, "max_gpu_total_bytes": 12 << 30}
+    engine.shutdown()
+    tensorrt_llm.CALLS.clear()
+    engine = _engine_from_config(hf_dir)
+    (llm,) = [c for c in tensorrt_llm.CALLS if c[0] == "LLM"]
+    assert llm[1]["kv_cache_config"].kwargs == {"free_gpu_memory_fraction": 0.5}
+    engine.shutdown()
+    assert [c[0] for c in ray.calls] == ["init", "shutdown", "init", "shutdown"]
+
+
+def test_the_engine_starts_without_the_launcher_and_training_only_variables(stand_in_release, monkeypatch):
+    """The private Ray instance and the LLM (whose Ray workers copy the environment) start without
+    the launcher's variables and without what only the trainer needs (CUDA_DEVICE_MAX_CONNECTIONS,
+    the trainer's ranks), on the engine's own GPU and port; the trainer's environment is back
+    afterwards."""
+    from megatron_prorl.runtime.launcher_env import TRAINING_ONLY_ENV
+
+    ray, hf_dir = stand_in_release
+    trainer = {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "RANK": "13", "WORLD_SIZE": "32", "LOCAL_RANK": "5",
+               "LOCAL_WORLD_SIZE": "8", "SLURM_PROCID": "13", "PMIX_RANK": "13", "MASTER_PORT": "29500",
+               "CUDA_VISIBLE_DEVICES": "4,5,6,7", "NCCL_IB_SL": "1"}
+    for key, value in trainer.items():
+        monkeypatch.setenv(key, value)
+    before = dict(os.environ)
+    engine = _engine_from_config(hf_dir)  # device cuda:0 of this rank: GPU 4
+    import tensorrt_llm
+
+    seen = {"ray.init": ray.calls[0][2], "LLM": next(c[2] for c in tensorrt_llm.CALLS if c[0] == "LLM")}
+    for where, env in seen.items():
+        assert not set(env) & (TRAINING_ONLY_ENV | {"SLURM_PROCID", "PMIX_RANK"}), where
+        assert env["CUDA_VISIBLE_DEVICES"] == "4" and env["NCCL_IB_SL"] == "1", where
+        assert env["MASTER_PORT"] != "29500", where  # a port of the engine's own
+    assert os.environ == {**before, "TLLM_DISABLE_MPI": "1"}  # set for good at the import
+    engine.shutdown()

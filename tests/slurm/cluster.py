@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_prorl.distributed import free_port
+from megatron_prorl.runtime.distributed import free_port
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 NODES = ("n1", "n2", "n3", "n4")

@@ -5,6 +5,7 @@ CPU nodes, the tiny config at TP2 x PP2 over gloo, one rank per node.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from cluster import FINISHED
 
-from megatron_prorl.metrics import read_metrics
+from megatron_prorl.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "slurm" / "prorl_4node.sh"
@@ -56,7 +57,8 @@ def test_tiny_tp2_pp2_across_four_nodes_runs_to_completion(slurm, tmp_path):
     job = slurm.wait_finished(job_id, timeout=300)
     out = job_output(tmp_path, "tiny", job_id)
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), out + slurm.logs()
-    assert "4 nodes (n[1-4]), 4 ranks, 1 GPUs per node" in out
+    # Whole nodes (--exclusive): all 8 of each node's (fake) GPUs, whatever --gpus-per-node asked.
+    assert "4 nodes (n[1-4]), 4 ranks, 8 GPUs per node, 1 CPUs per rank (SLURM_CPUS_PER_TASK)" in out
     assert [r["step"] for r in records(run, "train")] == [1, 2, 3]
     log = rank_log(tmp_path, "tiny", job_id, 0)
     assert log.count("ProRL run finished: 3 steps") == 1, log[-3000:]  # rank 0 alone reports
@@ -113,7 +115,51 @@ def test_bad_config_fails_fast_naming_the_key(slurm, tmp_path):
 def test_script_drops_the_launcher_variables_the_engine_must_not_inherit():
     """The batch shell drops what the trainer drops around TensorRT-LLM's start, except SLURM_*,
     from which the ranks read their rank and world size."""
-    from megatron_prorl.launcher_env import LAUNCHER_ENV_PREFIXES
+    from megatron_prorl.runtime.launcher_env import LAUNCHER_ENV_PREFIXES
 
     (listed,) = re.findall(r"^launcher_env_prefixes=\(([^)]*)\)", SCRIPT.read_text(), re.M)
     assert {f"{p}_" for p in listed.split()} == set(LAUNCHER_ENV_PREFIXES) - {"SLURM_"}
+
+
+def cpus_per_rank(env: dict) -> tuple[int, str, str]:
+    """The script's own CPUs-per-rank function, run in bash (as the batch shell runs it: set -eu)
+    with ``env`` as the job's variables: (exit status, "cpus|how", stderr)."""
+    text = SCRIPT.read_text()
+    (function,) = re.findall(r"^cpus_per_rank\(\) \{\n.*?^\}\n", text, re.S | re.M)
+    script = f'set -euo pipefail\n{function}cpus_per_rank\necho "$cpus_per_task|$cpus_how"\n'
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PRORL_"))}
+    done = subprocess.run(["bash", "-c", script], env={**clean, **env}, capture_output=True, text=True, timeout=30)
+    return done.returncode, done.stdout.strip(), done.stderr.strip()
+
+
+def test_cpus_per_rank_come_from_the_node_or_an_override():
+    """No fixed count: the node's CPUs divided among its ranks (a DGX H100 under --exclusive:
+    224 hardware threads for 8 ranks), sbatch's --cpus-per-task when given, PRORL_CPUS_PER_TASK
+    over both; a bad value is one line and exit status 2."""
+    assert cpus_per_rank({"SLURM_CPUS_ON_NODE": "224", "SLURM_NTASKS_PER_NODE": "8"}) == (
+        0, "28|the node's 224 CPUs / 8 ranks", "")
+    assert cpus_per_rank({"SLURM_CPUS_ON_NODE": "112", "SLURM_TASKS_PER_NODE": "8(x4)"})[1].startswith("14|")
+    assert cpus_per_rank({"SLURM_CPUS_ON_NODE": "2", "SLURM_NTASKS_PER_NODE": "4"})[1].startswith("1|")
+    usable = len(os.sched_getaffinity(0))  # outside Slurm; OMP_NUM_THREADS (1 in CI) does not count
+    assert cpus_per_rank({"OMP_NUM_THREADS": "1"})[1] == f"{usable}|the node's {usable} CPUs / 1 ranks"
+    assert cpus_per_rank({"SLURM_CPUS_ON_NODE": "224", "SLURM_NTASKS_PER_NODE": "8", "SLURM_CPUS_PER_TASK": "16"}) == (
+        0, "16|SLURM_CPUS_PER_TASK", "")
+    assert cpus_per_rank({"SLURM_CPUS_PER_TASK": "16", "PRORL_CPUS_PER_TASK": "12"})[1] == "12|PRORL_CPUS_PER_TASK"
+    code, _, err = cpus_per_rank({"PRORL_CPUS_PER_TASK": "all"})
+    assert code == 2 and err == "prorl_4node.sh: error: PRORL_CPUS_PER_TASK=all: expected a whole number of CPUs >= 1"
+
+
+def test_without_cpus_per_task_each_rank_gets_its_share_of_the_node(slurm, tmp_path):
+    """Submitted with no --cpus-per-task, the job gets whole nodes (--exclusive: 2 CPUs and 8 fake
+    GPUs each here) and srun divides the CPUs among the node's ranks. A config error ends the job
+    once the ranks ran."""
+    for ranks, share in ((1, 2), (2, 1)):
+        name = f"share{ranks}"
+        nodes = [a for a in CPU_NODES if not a.startswith(("--cpus-per-task", "--ntasks-per-node"))]
+        job_id = slurm.sbatch([f"--job-name={name}", f"--output={tmp_path}/%x-%j.out", *nodes,
+                               f"--ntasks-per-node={ranks}", SCRIPT, "configs/tiny_cpu.yaml", "rollout.temprature=1.0"],
+                              cwd=ROOT, env={"PRORL_PYTHON": sys.executable, "PRORL_LOG_DIR": str(tmp_path / "logs")})
+        job = slurm.wait_finished(job_id, timeout=120)
+        out = job_output(tmp_path, name, job_id)
+        assert f"{4 * ranks} ranks, 8 GPUs per node, {share} CPUs per rank (the node's 2 CPUs / {ranks} ranks)" in out, out
+        assert job.state == "FAILED" and "rollout.temprature" in out, out  # the ranks started and read the config

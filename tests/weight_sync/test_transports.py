@@ -8,7 +8,7 @@ import torch
 
 from checkpoint_convert import mapping as M
 from checkpoint_convert.arch import hf_arch
-from megatron_prorl.launch import spawn
+from megatron_prorl.runtime.launch import spawn
 
 
 def _arch(family: str, tied: bool):
@@ -55,7 +55,7 @@ def _arena(shm_dir):
 
     from megatron_prorl.weight_sync.shared_memory import SharedArena, SharedMemoryUnavailable
     from megatron_prorl.config import ParallelConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
 
     init_distributed(ParallelConfig())
     rank = dist.get_rank()
@@ -91,7 +91,7 @@ def _two_replicas():
 
     from megatron_prorl.weight_sync import SharedMemoryExport, build_source, export_to_first_rank
     from megatron_prorl.config import ModelConfig, ParallelConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
     from megatron_prorl.models.builder import build_gpt_model
 
     parallel = ParallelConfig(tensor_model_parallel_size=2)  # 4 ranks: two TP2 replicas

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_prorl.launch import spawn
+from helpers.hf_models import QWEN2, write_hf_dir
+from megatron_prorl.runtime.launch import spawn
 
 
 def _sync_after_update(hf_dir: str):
@@ -23,10 +24,10 @@ def _sync_after_update(hf_dir: str):
 
     from checkpoint_convert import load_arch, load_hf_weights
 
-    from megatron_prorl.actor import PolicyActor
-    from megatron_prorl.batch import from_sequences
+    from megatron_prorl.train.actor import PolicyActor
+    from megatron_prorl.train.batch import from_sequences
     from megatron_prorl.config import ProRLConfig
-    from megatron_prorl.distributed import init_distributed, shutdown_distributed
+    from megatron_prorl.runtime.distributed import init_distributed, shutdown_distributed
     from megatron_prorl.rollout import SamplingParams, build_engine
     from megatron_prorl.weight_sync import SharedMemoryExport, WeightSync, build_source, export_to_first_rank
 
@@ -116,16 +117,9 @@ def _sync_after_update(hf_dir: str):
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(1)
-    config = Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100, max_position_embeddings=64,
-                         tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
-    model = Qwen2ForCausalLM(config)
-    path = tmp_path_factory.mktemp("sync") / "hf"
-    model.save_pretrained(path)
-    return str(path)
+    # 4 layers for PP=2 stages of 2; untied, so the lm_head is synced on its own.
+    config = dict(QWEN2, num_hidden_layers=4, tie_word_embeddings=False)
+    return str(write_hf_dir(tmp_path_factory.mktemp("sync") / "hf", config, seed=1, tokenizer=False))
 
 
 def test_sync_after_tp2_pp2_update_is_exact(hf_dir):
