@@ -257,20 +257,24 @@ def save_sharded_state(state, directory: os.PathLike) -> None:
     """dist_checkpointing save of a sharded state dict into ``directory`` (collective), its
     torch_dist files written in this process (see :func:`_in_process_strategy`).
 
-    The steps of megatron-core 0.16.1's ``dist_checkpointing.save`` (serialization.py, its
-    synchronous path with the torch common strategy), with the same files, except that the two
-    files rank 0 writes alone, common.pt and metadata.json, are written through
+    The steps of megatron-core's ``dist_checkpointing.save`` (serialization.py, its synchronous
+    path; 0.16.1 with the torch common strategy, and 0.17.0), with the same files, except that the
+    two files rank 0 writes alone, common.pt and metadata.json, are written through
     :func:`on_first_rank`: when one fails there (a full disk), every rank raises, where
     Megatron's save leaves the other ranks waiting in the collective torch_dist write (they
     fail later, on a lost peer or a timeout) and recreating the directory rank 0 cleared.
     """
+    import torch
     from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
     from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess
-    from megatron.core.dist_checkpointing.strategies.common import TorchCommonSaveStrategy
+    from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME
 
     on_first_rank(lambda: Path(directory).mkdir(parents=True, exist_ok=True))
     sharded, common = save_preprocess(state, validate_access_integrity=True)  # collective checks
-    on_first_rank(lambda: TorchCommonSaveStrategy("torch", 1).save_common(common, str(directory)))
+    # common.pt is torch.save of the common state on rank 0, as 0.16.1's
+    # TorchCommonSaveStrategy.save_common and 0.17.0's save_common write it (strategies/common.py;
+    # 0.17.0 removed the class).
+    on_first_rank(lambda: torch.save(common, Path(directory) / COMMON_STATE_FNAME))
     strategy = _in_process_strategy()
     with _thread_errors() as caught:
         try:
@@ -301,15 +305,15 @@ def _in_process_strategy():
     """Megatron-Core's torch_dist save strategy, writing through torch.distributed.checkpoint's
     own FileSystemWriter (threads, fsynced files) instead of Megatron's FileSystemWriterAsync.
 
-    megatron-core 0.16.1 (dist_checkpointing/strategies/filesystem_async.py) writes every save
-    through a results queue served by a spawned Manager process, created at the first save and
+    megatron-core 0.16.1 and 0.17.0 (dist_checkpointing/strategies/filesystem_async.py) write every
+    save through a results queue served by a spawned Manager process, created at the first save and
     kept for the whole run, plus a forked writer process per file: a SIGTERM or SIGUSR1 sent to
     the process group (as Slurm sends them) kills the Manager, and every later save fails with
     EOFError/BrokenPipeError; a killed rank leaves the Manager behind. The files are the same:
-    TorchDistSaveShardedStrategy.async_save (strategies/torch.py, 0.16.1) translates the sharded
-    state dict with _replace_state_dict_keys_with_sharded_keys and mcore_to_pyt_state_dict and
-    plans it with MCoreSavePlanner, as here; only the writer differs (FileSystemWriterAsync is a
-    subclass of FileSystemWriter, with the same file names).
+    TorchDistSaveShardedStrategy.async_save (strategies/torch.py, 0.16.1 and 0.17.0) translates the
+    sharded state dict with _replace_state_dict_keys_with_sharded_keys and mcore_to_pyt_state_dict
+    and plans it with MCoreSavePlanner, as here; only the writer differs (FileSystemWriterAsync is
+    a subclass of FileSystemWriter, with the same file names).
     """
     import torch.distributed.checkpoint as dcp
     from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner, TorchDistSaveShardedStrategy,

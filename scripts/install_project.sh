@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 # shellcheck source=scripts/packages.sh source-path=SCRIPTDIR/..
-source scripts/packages.sh  # $megatron_core, $accelerator_packages
+source scripts/packages.sh  # megatron_core_for, $accelerator_packages
+megatron_core=$(megatron_core_for "$py")
 
 editable=()
 target=.

@@ -20,8 +20,9 @@ mkdir -p "$1"
 out=$(cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/packages.sh source-path=SCRIPTDIR/..
-source scripts/packages.sh  # $megatron_core, $accelerator_packages
+source scripts/packages.sh  # megatron_core_for, $accelerator_packages
 py=${PYTHON:-python3}
+megatron_core=$(megatron_core_for "$py")
 pip=("$py" -m pip --disable-pip-version-check)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

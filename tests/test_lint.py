@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP_DIRS = {".git", ".venv", "runs", "logs", "__pycache__", ".pytest_cache"}
+SKIP_DIRS = {".git", ".venv", ".venv-image", "runs", "logs", "__pycache__", ".pytest_cache"}
 
 
 def shell_scripts() -> list[Path]:

@@ -5,7 +5,8 @@ The install then runs into a fresh venv inside a network namespace of its own (n
 loopback that is down: nothing can be reached), with pip's configuration files and PIP_* variables
 dropped, the index pointed at a closed local port, and --no-index. torch is not in the wheelhouse:
 as the NGC container does, the environment provides it; here the torch of the Python running the
-tests, put on the venv's path by a .pth file (its own dependencies then come from the wheelhouse).
+tests (with the NVIDIA wheels a CUDA build of it requires), put on the venv's path by a .pth file
+(its other dependencies then come from the wheelhouse).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def test_wheelhouse_pins_its_wheels_and_leaves_out_torch(wheelhouse):
     pinned = {canonicalize_name(name): version for name, version in (ln.split("==") for ln in lines)}
     assert pinned == wheels
     assert pinned["megatron-prorl"] == md.version("megatron-prorl")
-    assert pinned["megatron-core"] == "0.16.1"
+    assert pinned["megatron-core"] == md.version("megatron-core")  # the one scripts/packages.sh picks for this Python
     assert {"langdetect", "transformers", "numpy"} <= set(pinned)  # langdetect is only an sdist on PyPI
     assert not [n for n in pinned if n.startswith(ACCELERATOR_PREFIXES)]
     left_out = [ln for ln in (wheelhouse / "requirements.txt").read_text().splitlines() if ln.startswith("# Not here")]
@@ -93,11 +94,14 @@ def test_offline_install_into_a_fresh_venv(wheelhouse, tmp_path):
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
     site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    torch = md.distribution("torch")
+    # torch and the accelerator packages installed with it (a CUDA build of torch requires NVIDIA's
+    # CUDA wheels: the image lane's), as the container provides them.
     provided = tmp_path / "provided-torch"
     provided.mkdir()
-    for top in {f.parts[0] for f in torch.files if f.parts[0] != ".."}:
-        (provided / top).symlink_to(torch.locate_file(top))
+    for dist in md.distributions():
+        if canonicalize_name(dist.metadata["Name"]).startswith(ACCELERATOR_PREFIXES):
+            for top in {f.parts[0] for f in dist.files or () if f.parts[0] != ".."} - set(os.listdir(provided)):
+                (provided / top).symlink_to(dist.locate_file(top))
     (site / "provided-torch.pth").write_text(f"{provided}\n")
 
     try:

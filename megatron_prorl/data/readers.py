@@ -1,14 +1,19 @@
 """Raw records from local files (JSON Lines, JSON arrays, Parquet, CSV, saved ``datasets`` dirs)
 and from Hugging Face hub datasets (``hf:NAME?name=CONFIG&split=SPLIT&revision=REV``).
 
-Parquet files and directories written by ``Dataset.save_to_disk`` are read with Hugging Face
-``datasets`` (Arrow is their native format). JSON files are parsed line by line with the
-standard library instead of Arrow's JSON reader, on purpose: Arrow infers one schema for the
-whole file, so a single malformed line or a field whose type varies between rows fails the
-whole file, and nested dicts with different keys are null-filled into one struct (a code test
-spec would gain ``fn_name: None``; a Reasoning Gym entry would gain every other task's metadata
-keys). Reading lines keeps each record exactly as written and lets a bad line be reported and
-skipped alone.
+Parquet files are read with pyarrow (a dependency of ``datasets``), directories written by
+``Dataset.save_to_disk`` with Hugging Face ``datasets`` (Arrow is their native format). Not
+``datasets`` for Parquet: it rebuilds its Features from the schema metadata that ``datasets``
+writes into the file, and datasets 3.x (the Docker image has 3.1.0) cannot read the metadata of
+datasets >= 4 (a "List" feature type: TypeError from Features.from_dict), while the records need
+no Features.
+
+JSON files are parsed line by line with the standard library instead of Arrow's JSON reader, on
+purpose: Arrow infers one schema for the whole file, so a single malformed line or a field whose
+type varies between rows fails the whole file, and nested dicts with different keys are
+null-filled into one struct (a code test spec would gain ``fn_name: None``; a Reasoning Gym entry
+would gain every other task's metadata keys). Reading lines keeps each record exactly as written
+and lets a bad line be reported and skipped alone.
 
 CSV files (GPQA's release) are read with the standard library's ``csv`` module, a header row
 naming the fields; every value stays a string.
@@ -43,9 +48,7 @@ def read_records(path: Path, split: Optional[str] = None) -> Iterator[tuple[str,
     if path.is_dir():
         yield from _rows(_load_saved_dataset(path, split))
     elif path.suffix == ".parquet":
-        import datasets
-
-        yield from _rows(datasets.Dataset.from_parquet(str(path), keep_in_memory=True))
+        yield from _parquet_records(path)
     elif path.suffix in JSON_SUFFIXES:
         yield from _json_records(path)
     elif path.suffix == ".csv":
@@ -153,6 +156,16 @@ def _json_records(path: Path) -> Iterator[tuple[str, Record]]:
                 yield f"line {lineno}", f"invalid JSON ({exc})"
                 continue
             yield f"line {lineno}", item if isinstance(item, dict) else _not_object(item)
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, Record]]:
+    import pyarrow.parquet as pq
+
+    index = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield f"row {index}", record
+            index += 1
 
 
 def _not_object(item) -> str:

@@ -43,8 +43,9 @@ def missing_for_fp8() -> str:
     compute capability >= 8.9), else what is missing."""
     if missing := missing_for_transformer_engine():
         return missing
-    # The module megatron-core 0.16.1 imports it from (fp8_utils.py); is_fp8_available() returns
-    # (ok, reason) in TE 1.x (transformer_engine/pytorch/fp8.py) and 2.x (quantization.py).
+    # The module megatron-core imports it from (fp8_utils.py, the same in 0.16.1 and in 0.17.0, the
+    # image's); is_fp8_available() returns (ok, reason) in TE 1.x (transformer_engine/pytorch/fp8.py)
+    # and 2.x (quantization.py).
     from transformer_engine.pytorch.fp8 import FP8GlobalStateManager
 
     ok, reason = FP8GlobalStateManager.is_fp8_available()
@@ -61,9 +62,9 @@ def missing_for_tensorrt_llm() -> str:
     return ""
 
 
-# Transformer Engine versions and GPUs each FP8 recipe needs: megatron-core 0.16.1,
-# megatron/core/fp8_utils.py get_fp8_recipe (tensorwise: TE >= 2.2.0.dev0, blockwise: >= 2.3.0.dev0,
-# mxfp8: >= 2.1.0; older TE only builds the delayed recipe) and TE's own FP8 support (compute
+# Transformer Engine versions and GPUs each FP8 recipe needs: megatron-core 0.16.1 and 0.17.0 (the
+# same file), megatron/core/fp8_utils.py get_fp8_recipe (tensorwise: TE >= 2.2.0.dev0, blockwise:
+# >= 2.3.0.dev0, mxfp8: >= 2.1.0; older TE only builds the delayed recipe) and TE's own FP8 support (compute
 # capability 8.9 (Ada) / 9.0 (Hopper) and up; MXFP8 is Blackwell's, 10.0).
 FP8_RECIPE_MIN_TE = {"delayed": "1.0", "mxfp8": "2.1.0", "tensorwise": "2.2.0.dev0", "blockwise": "2.3.0.dev0"}
 FP8_MIN_CAPABILITY = {"mxfp8": (10, 0)}
@@ -99,8 +100,8 @@ def transformer_engine_version() -> str:
 
 
 def has_apex_softmax() -> bool:
-    """Apex's fused masked-softmax kernel (megatron-core 0.16.1 fusions/fused_softmax.py imports
-    ``scaled_masked_softmax_cuda`` when the local spec's masked_softmax_fusion is on)."""
+    """Apex's fused masked-softmax kernel (megatron-core 0.16.1 and 0.17.0 fusions/fused_softmax.py
+    import ``scaled_masked_softmax_cuda`` when the local spec's masked_softmax_fusion is on)."""
     return importlib.util.find_spec("scaled_masked_softmax_cuda") is not None
 
 

@@ -11,7 +11,7 @@ One rule for every tensor the trainer creates:
 - Host-side bookkeeping (Python numbers: counts, timings, flags) is reduced on :func:`host_group`,
   a gloo group over all ranks created beside the NCCL ones, so it never round-trips through a
   GPU. Megatron-Core makes gloo groups the same way for its CPU-side data-parallel work
-  (megatron-core 0.16.1, megatron/core/parallel_state.py:
+  (megatron-core 0.16.1 and 0.17.0, megatron/core/parallel_state.py:
   ``initialize_model_parallel(create_gloo_process_groups=True)``, read back with
   ``get_data_parallel_group_gloo()``); it has no world-wide one, so this module makes it.
 - Rollout-engine outputs enter the trainer on the host (:func:`to_host`), where groups are

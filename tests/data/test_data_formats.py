@@ -71,6 +71,15 @@ def test_eurus2_strips_its_instructions_and_parses_tests(fixtures):
     assert "not valid JSON" in messages[0] and "unknown ability 'chemistry'" in messages[1]
 
 
+def test_the_parquet_fixture_carries_newer_datasets_metadata(fixtures):
+    # Written by datasets >= 4 ("List" features), which datasets 3.x cannot parse: the tests above
+    # read it in the image lane (datasets 3.1.0) too, so the reader must not depend on it.
+    import pyarrow.parquet as pq
+
+    metadata = json.loads(pq.read_schema(fixtures / "eurus2.parquet").metadata[b"huggingface"])
+    assert metadata["info"]["features"]["prompt"]["_type"] == "List"
+
+
 def test_eurus2_domain_filter(fixtures):
     source, _ = load(fixtures / "eurus2.parquet", format="eurus2", domain="code")
     assert [r.domain for r in source.rows] == ["code", "code"]

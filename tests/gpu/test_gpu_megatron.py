@@ -51,8 +51,8 @@ def _te_linears(module) -> dict[str, str]:
     """How each Transformer Engine linear layer ran its last forward: "bf16", "fp8-delayed" or
     "fp8-other" (empty without TE layers). TE sets ``fp8`` and ``fp8_meta["recipe"]`` in every
     forward (TransformerEngineBaseModule.init_fp8_metadata, transformer_engine/pytorch/module/
-    base.py, TE 1.x and 2.x); megatron-core 0.16.1's TE layers subclass te.pytorch.Linear and
-    LayerNormLinear, and its delayed recipe (TEDelayedScaling) subclasses DelayedScaling."""
+    base.py, TE 1.x and 2.x); megatron-core's TE layers (0.16.1 and 0.17.0) subclass te.pytorch.Linear
+    and LayerNormLinear, and its delayed recipe (TEDelayedScaling) subclasses DelayedScaling."""
     from megatron_prorl.runtime.accelerator import missing_for_transformer_engine
 
     if missing_for_transformer_engine():

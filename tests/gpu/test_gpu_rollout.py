@@ -48,8 +48,8 @@ def _exported(actor, arch) -> dict[str, torch.Tensor]:
 
 def _bit_exact(engine, exported: dict[str, torch.Tensor]) -> bool:
     """Every engine weight equals its exported tensor in the engine's dtype: a cast is the one
-    change a sync may make (megatron-core 0.16.1's local spec builds its RMSNorm weights as
-    fp32 torch.nn.RMSNorm even in a bf16 model, transformer/torch_norm.py)."""
+    change a sync may make (megatron-core's local spec, 0.16.1 and 0.17.0, builds its RMSNorm
+    weights as fp32 torch.nn.RMSNorm even in a bf16 model, transformer/torch_norm.py)."""
     state = engine.model.state_dict()
     return state.keys() == exported.keys() and all(torch.equal(state[n], t.to(state[n].dtype))
                                                    for n, t in exported.items())

@@ -1,4 +1,5 @@
-"""A simulated CUDA device on a CPU-only torch build, strict about devices.
+"""A simulated CUDA device on a machine without a GPU (a CPU-only torch build, or a CUDA build
+without a driver, as in the image lane), strict about devices.
 
 Everything computes on the CPU, but every tensor carries the device it would have on a GPU
 machine, and an operation that would fail there fails here:
@@ -424,6 +425,10 @@ class SimulatedCuda:
             (cuda, "device_count"): lambda: DEVICE_COUNT,
             (cuda, "current_device"): lambda: self.current,
             (cuda, "set_device"): self._set_device,
+            # No graph is ever captured. torch 2.11's optimizers ask this of torch.cuda once
+            # is_available() is True (Optimizer._accelerator_graph_capture_health_check; 2.13 asks
+            # torch.accelerator, which stays the CPU), and a CUDA build without a driver raises.
+            (cuda, "is_current_stream_capturing"): lambda: False,
             (torch, "Generator"): _CpuGenerator,
             (dist, "init_process_group"): self._init_process_group(dist.init_process_group),
             (c10d, "init_process_group"): self._init_process_group(c10d.init_process_group),
