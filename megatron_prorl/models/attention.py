@@ -14,6 +14,11 @@ sequence with the cu_seqlens (``padding_causal``). The local ``DotProductAttenti
 takes its place in the local spec and runs it once per sequence of the row, with its usual
 causal mask, so each sequence attends exactly as it does unpacked (and the cost is the sum of
 the squared lengths, not the square of the row's).
+
+megatron-core 0.17.0 (the image's), read in the same files: ``PackedSeqParams`` adds
+``total_tokens`` and ``seq_idx`` (for Mamba; both default to None, and ``TEDotProductAttention``
+drops them before calling TE), ``GPTModel.forward`` takes and hands on ``packed_seq_params`` as
+0.16.1 does, and the local ``DotProductAttention`` is unchanged.
 """
 
 from __future__ import annotations

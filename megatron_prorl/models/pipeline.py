@@ -21,6 +21,11 @@ megatron-core 0.16.1:
   the last micro-batch, in ``finalize_model_grads`` -> ``finish_grad_sync``
   (distributed/finalize_model_grads.py), once per rank whatever its count. The token count
   the schedule would all-reduce there is not passed (``finalize_grads`` below).
+
+megatron-core 0.17.0 (the image's), read in the same files, keeps all three: ``get_tensor_shapes``
+returns no fixed shapes under ``variable_seq_lengths``, the backward hook adds into
+``main_grad`` without overlap, and ``finalize_model_grads(model, num_tokens=None, ...)``; CI's
+image lane runs these paths on it.
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ def finalize_grads(model, num_tokens=None, **kwargs):
 
 
 def packed_seq_params(mb: dict):
-    """A packed micro-batch's THD parameters for GPTModel (megatron-core 0.16.1
-    core/packed_seq_params.py); None for a padded one."""
+    """A packed micro-batch's THD parameters for GPTModel (megatron-core 0.16.1 and 0.17.0
+    core/packed_seq_params.py: 0.17.0's extra fields keep their defaults); None for a padded one."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
     if "cu_seqlens" not in mb:
