@@ -94,7 +94,7 @@ def _step(tp: int, out_dir: str, negative_controls: bool) -> dict:
             out["batch_left_on_host"] = _failure(lambda: trainer.train_step(2, stage_of(trainer.stages, 2)))
             device.to_current = move
             device.host_group = lambda: None
-            out["host_values_on_nccl"] = _failure(trainer.stop.agreed)
+            out["host_values_on_nccl"] = _failure(trainer_module.agreed_stop_signal)
             device.host_group = group
         trainer.close()
         shutdown_distributed()
