@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.." || exit 2
 
 main_lane() {
   # Install into .venv (torch pinned first: a bare `torch` pulls the CUDA build), then test.
-  bash scripts/install.sh test && .venv/bin/python -m pytest -q "$@"
+  bash scripts/install.sh test && .venv/bin/python -m pytest -q --durations=15 "$@"
 }
 
 start=$SECONDS
