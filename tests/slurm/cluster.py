@@ -147,8 +147,12 @@ class LocalSlurm:
     # ------------------------------------------------------------------------ use
     def _run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         kwargs.setdefault("timeout", 60)
-        done = subprocess.run(argv, env={**self.env, **kwargs.pop("env", {})}, capture_output=True, text=True,
-                              **kwargs)
+        env = {**self.env, **kwargs.pop("env", {})}
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, **kwargs)
+        if done.returncode < 0 and argv[0] in ("scontrol", "squeue", "sinfo") and argv[1:2] != ["update"]:
+            # A query killed by a signal (SIGPIPE from its own daemon socket was seen on a loaded
+            # machine) asks again once: it changes nothing on the cluster.
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, **kwargs)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(map(str, argv))} failed ({done.returncode}): {done.stderr}")
         return done
