@@ -149,7 +149,8 @@ class LocalSlurm:
         kwargs.setdefault("timeout", 60)
         env = {**self.env, **kwargs.pop("env", {})}
         done = subprocess.run(argv, env=env, capture_output=True, text=True, **kwargs)
-        if done.returncode < 0 and argv[0] in ("scontrol", "squeue", "sinfo") and argv[1:2] != ["update"]:
+        read_only = argv[0] in ("squeue", "sinfo") or argv[:2] == ["scontrol", "show"]
+        if done.returncode < 0 and read_only:
             # A query killed by a signal (SIGPIPE from its own daemon socket was seen on a loaded
             # machine) asks again once: it changes nothing on the cluster.
             done = subprocess.run(argv, env=env, capture_output=True, text=True, **kwargs)
